@@ -1,0 +1,47 @@
+# medstream: `make demo` and `make test` are the two commands; everything else is a step of theirs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
+
+.PHONY: setup demo test test-unit test-integration lint proto-lint stack-up stack-down stack-status models bench-spine clean
+
+setup:  ## install what is missing (idempotent)
+	@scripts/bootstrap.sh
+
+demo: setup  ## local stack up, spine on the bundled sample data
+	@medstream demo
+
+test: setup  ## the whole suite against the real local stack
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q -m unit
+
+test-integration: setup
+	$(PY) -m pytest -q -m integration
+
+lint: setup
+	$(VENV)/bin/ruff check services tests model_repository
+	$(VENV)/bin/mypy services
+
+proto-lint: setup
+	buf lint protos
+
+stack-up: setup
+	@medstream stack up
+
+stack-down:
+	@medstream stack down
+
+stack-status:
+	@medstream stack status
+
+models: setup  ## train models whose weights are missing
+	@medstream models train
+
+bench-spine: setup
+	$(PY) -m benchmarks.spine
+
+clean:
+	rm -rf gen build devstack/neo4j/target

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs everything medstream needs on a fresh machine; safe to run again (each step checks first).
+#   - the Python virtual environment (.venv) from pyproject.toml, with the Triton wheel (nvidia-pytriton)
+#   - Python code generated from protos/ (gen/python, put on the venv's path by a .pth file)
+#   - Java 17 + Maven (Kafka and Neo4j run from Maven Central jars), Go (for buf and helm) when missing
+#   - buf, for `buf lint` / `buf breaking` on protos/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+BUF_VERSION=v1.75.0
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then say "please install: $*"; exit 1; fi
+  say "apt-get install $*"
+  if [ -z "${MEDSTREAM_APT_UPDATED:-}" ]; then apt-get update -qq; export MEDSTREAM_APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---- system tools
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+  say "Python 3.11 is required (Triton's python-backend stub is built for 3.11): set PYTHON=/path/to/python3.11"; exit 1; }
+"$PYTHON" -c 'import sysconfig, sys; sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") else 1)' || {
+  say "Python must be built with --enable-shared (Triton's python-backend stub links libpython)"; exit 1; }
+command -v java >/dev/null && java -version 2>&1 | grep -q 'version "1[7-9]\|version "2' || apt_install openjdk-17-jdk-headless
+command -v mvn >/dev/null || apt_install maven
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || apt_install golang-go
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+
+# ---- Python environment
+HASH=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$VENV/.installed-$HASH" ]; then
+  [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  say "installing Python packages (first time: torch and the Triton wheel, a few GB)"
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+  "$VENV/bin/pip" install -q -e '.[dev,stack]'
+  rm -f "$VENV"/.installed-*
+  touch "$VENV/.installed-$HASH"
+fi
+
+# ---- generated code
+mkdir -p gen/python
+PROTOS=$(find protos -name '*.proto' | sort)
+PROTO_HASH=$(cat $PROTOS | sha256sum | cut -c1-16)
+if [ ! -f "gen/python/.stamp-$PROTO_HASH" ]; then
+  say "generating Python code from protos/"
+  rm -rf gen/python && mkdir -p gen/python
+  "$VENV/bin/python" -m grpc_tools.protoc -Iprotos --python_out=gen/python --pyi_out=gen/python \
+    --grpc_python_out=gen/python $PROTOS
+  touch "gen/python/.stamp-$PROTO_HASH"
+fi
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$ROOT/gen/python" > "$SITE/medstream-gen.pth"
+
+# ---- buf
+if ! command -v buf >/dev/null || ! buf --version 2>/dev/null | grep -q "${BUF_VERSION#v}"; then
+  say "installing buf $BUF_VERSION (go install)"
+  go install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
+fi
+say "ready"

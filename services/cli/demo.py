@@ -1,0 +1,108 @@
+"""`medstream demo`: the spine end to end on the local stack with the bundled sample vitals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from medstream.events.v1 import alert_pb2, deadletter_pb2, finding_pb2
+from rich.console import Console
+
+from services.cli.replay import SAMPLE_VITALS, parse_vitals
+from services.common.config import Settings
+from services.common.graph import Graph
+from services.common.kafka import EventProducer
+from services.common.topic_reader import end_offsets, read_messages
+from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, VITALS_SNAPSHOTS
+from services.deterioration.assess import validate
+
+SERVICE_PORTS = {"deterioration": 8081, "graph-writer": 8082}
+
+
+def start_services(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name, port in SERVICE_PORTS.items():
+        env = {**os.environ, "MEDSTREAM_HTTP_PORT": str(port), "MEDSTREAM_STATE_DIR": str(settings.state_dir)}
+        with open(logs / f"{name}.log", "ab") as log:
+            procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", name], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return procs
+
+
+def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def graph_findings(settings: Settings, patients: list[str]) -> int:
+    graph = Graph.connect(settings)
+    try:
+        records, _, _ = await graph.driver.execute_query(
+            "MATCH (p:Patient)-[:HAS_FINDING]->(f:Finding {kind: 'deterioration-risk'}) WHERE p.id IN $patients "
+            "RETURN count(DISTINCT f) AS n", patients=patients, database_=graph.database)
+        return int(records[0]["n"])
+    finally:
+        await graph.close()
+
+
+def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str, Any]:
+    snapshots = parse_vitals(SAMPLE_VITALS.read_text().splitlines())
+    valid = [s for s in snapshots if not validate(s)]
+    patients = sorted({s.patient_id for s in valid})
+    before = {t: end_offsets(settings, t) for t in (FINDINGS.name, ALERTS.name, DEAD_LETTERS.name)}
+    procs = start_services(settings)
+    try:
+        console.print(f"replaying {len(snapshots)} vital-sign snapshots ({len(snapshots) - len(valid)} invalid) "
+                      "and 1 undecodable record")
+        producer = EventProducer(settings, "demo")
+        for s in snapshots:
+            producer.send_sync(VITALS_SNAPSHOTS.name, s.patient_id.encode(), s)
+        producer.send_sync(VITALS_SNAPSHOTS.name, b"demo-garbage", b"\x08\x96\x01 this is not a snapshot \xff")
+        producer.close()
+        expected_dead = len(snapshots) - len(valid) + 1
+        deadline = time.monotonic() + timeout_s
+        findings: list[finding_pb2.Finding] = []
+        in_graph = dead = 0
+        letters: list[deadletter_pb2.DeadLetter] = []
+        while time.monotonic() < deadline:
+            findings = read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
+            letters = read_messages(settings, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, before[DEAD_LETTERS.name])
+            dead = len(letters)
+            in_graph = asyncio.run(graph_findings(settings, patients))
+            if len(findings) >= len(valid) and dead >= expected_dead and in_graph >= len(valid):
+                break
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"service {name} exited; see {settings.state_dir / 'logs' / name}.log")
+            time.sleep(1.0)
+        alerts = read_messages(settings, ALERTS.name, alert_pb2.Alert, before[ALERTS.name])
+    finally:
+        stop_services(procs)
+    ok = len(findings) >= len(valid) and dead >= expected_dead and in_graph >= len(valid)
+    top = sorted(findings, key=lambda f: -f.score)[:3]
+    return {
+        "ok": ok,
+        "snapshots_sent": len(snapshots) + 1,
+        "findings_published": len(findings),
+        "alerts_published": len(alerts),
+        "dead_lettered": dead,
+        "dead_letter_reasons": dict(Counter(deadletter_pb2.DeadLetterReason.Name(d.reason) for d in letters)),
+        "findings_in_graph_for_sample_patients": in_graph,
+        "highest_risk": [f.summary for f in top],
+        "model": f"{top[0].model.name} v{top[0].model.version}" if top else None,
+    }

@@ -1,0 +1,164 @@
+"""`medstream`: the one entry point for the local stack, services, topics and replays."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.cli import stack
+from services.common.config import get_settings
+
+app = typer.Typer(help="medstream: medical AI on hospital data streams.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local stack: Kafka, Neo4j, Triton on 127.0.0.1.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics from the catalog.", no_args_is_help=True)
+models_app = typer.Typer(help="Models in model_repository/.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+# Deployable services: name -> module with a `main()`.
+SERVICES = {
+    "deterioration": "services.deterioration.app",
+    "graph-writer": "services.graph_writer.app",
+}
+
+
+def _paths() -> stack.Paths:
+    return stack.Paths(get_settings().state_dir)
+
+
+def _selected(names: list[str] | None) -> list[stack.Component]:
+    return [stack.component(n) for n in names] if names else list(stack.COMPONENTS)
+
+
+@stack_app.command("up")
+def stack_up(components: Annotated[list[str] | None, typer.Argument(help="kafka, neo4j, triton")] = None) -> None:
+    """Install what is missing, start each component, and wait until it answers."""
+    paths, settings = _paths(), get_settings()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        for c in _selected(components):
+            task = progress.add_task(f"{c.name}: installing")
+            c.install(paths)
+            progress.update(task, description=f"{c.name}: starting")
+            try:
+                seconds = stack.start(c, paths, settings)
+            except (RuntimeError, TimeoutError) as exc:
+                progress.stop()
+                console.print(f"[red]{exc}[/red]\n--- last lines of {paths.log(c.name)} ---\n{stack.tail(paths.log(c.name))}")
+                raise typer.Exit(1) from exc
+            progress.update(task, description=f"{c.name}: ready in {seconds:.1f}s: {c.describe()}")
+            progress.stop_task(task)
+    console.print(f"state: {paths.state}   stop with: medstream stack down")
+
+
+@stack_app.command("down")
+def stack_down(components: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Stop components (SIGTERM, then SIGKILL after a minute). Data stays in the state directory."""
+    paths = _paths()
+    for c in reversed(_selected(components)):
+        stopped = stack.stop(c, paths)
+        console.print(f"{c.name}: {'stopped' if stopped else 'was not running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """What really runs and answers; exit 1 when anything is not ready."""
+    paths, settings = _paths(), get_settings()
+    table = Table("component", "pid", "state", "log")
+    all_ready = True
+    for c in stack.COMPONENTS:
+        s = stack.status(c, paths, settings)
+        all_ready &= s.ready
+        table.add_row(c.name, str(s.pid or "-"), s.note, str(paths.log(c.name)))
+    Console().print(table)
+    raise typer.Exit(0 if all_ready else 1)
+
+
+@stack_app.command("logs")
+def stack_logs(component: str, lines: int = 60, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
+    """Show a component's log."""
+    log = _paths().log(stack.component(component).name)
+    if follow:
+        os_exec = ["tail", "-n", str(lines), "-F", str(log)]
+        raise typer.Exit(subprocess.call(os_exec))
+    print(stack.tail(log, lines))
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalog topic that does not exist yet."""
+    from services.common.kafka import ensure_topics
+
+    created = ensure_topics(get_settings())
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topic catalog as Markdown."""
+    from services.common.topics import markdown_table
+
+    print(markdown_table(), end="")
+
+
+@models_app.command("train")
+def models_train(force: Annotated[bool, typer.Option(help="retrain models that already have weights")] = False) -> None:
+    """Train every model whose weights are missing from model_repository/."""
+    trained = stack.ensure_models(force=force)
+    console.print(f"trained: {', '.join(trained) or 'nothing (weights present; --force retrains)'}")
+    for name in trained:
+        evaluation = stack.MODEL_REPOSITORY / name / "evaluation.json"
+        if evaluation.exists():
+            console.print(f"{name}: {evaluation.read_text()}")
+
+
+@app.command("run")
+def run(service: Annotated[str, typer.Argument(help=", ".join(SERVICES))]) -> None:
+    """Run one service in the foreground."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    sys.argv = [f"medstream-{service}", "worker"]
+    importlib.import_module(SERVICES[service]).main()
+
+
+@app.command("replay")
+def replay(
+    source: Annotated[str, typer.Argument(help="'vitals' (a JSONL file of snapshots) or 'deadletter'")],
+    path: Annotated[Path | None, typer.Option(help="JSONL file for 'vitals'; default: the bundled sample")] = None,
+    reason: Annotated[str | None, typer.Option(help="deadletter: only this reason, e.g. VALIDATION_ERROR")] = None,
+) -> None:
+    """Publish recorded events into the stack."""
+    from services.cli import replay as replay_mod
+
+    settings = get_settings()
+    if source == "vitals":
+        n = replay_mod.replay_vitals(settings, path or replay_mod.SAMPLE_VITALS, console)
+    elif source == "deadletter":
+        n = replay_mod.replay_dead_letters(settings, reason, console)
+    else:
+        raise typer.BadParameter("source is 'vitals' or 'deadletter'")
+    console.print(f"published {n} record(s)")
+
+
+@app.command("demo")
+def demo(timeout_s: float = 180.0) -> None:
+    """Stack up, start the services, replay the sample vitals and show what came out."""
+    from services.cli import demo as demo_mod
+
+    stack_up(None)
+    topics_create()
+    summary = demo_mod.run_demo(get_settings(), console, timeout_s)
+    console.print_json(json.dumps(summary))
+    console.print("services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
+                  " (or make stack-down)")
+    raise typer.Exit(0 if summary["ok"] else 1)

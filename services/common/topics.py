@@ -1,0 +1,113 @@
+"""The one topic catalog: every Kafka topic, its key, value type and retention.
+
+Topic creation (`medstream topics create`) and docs/TOPICS.md are both generated from this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    value_type: str  # fully qualified protobuf message name
+    description: str
+    partitions: int | None = None  # None: the deployment's default (MEDSTREAM_KAFKA_TOPIC_PARTITIONS)
+    retention_ms: int = 7 * DAY_MS
+    compacted: bool = False
+
+    def config(self) -> dict[str, str]:
+        """Topic-level Kafka configuration."""
+        conf = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if not self.compacted:
+            conf["retention.ms"] = str(self.retention_ms)
+        return conf
+
+
+DICOM_INSTANCES = TopicSpec(
+    "medstream.dicom.instances.v1",
+    key="series_instance_uid",
+    value_type="medstream.events.v1.DicomInstanceArrival",
+    description="Claim checks for stored DICOM instances (blob URI + key attributes, never pixel data).",
+)
+FHIR_EVENTS = TopicSpec(
+    "medstream.fhir.events.v1",
+    key="patient_reference",
+    value_type="medstream.events.v1.FhirResourceEvent",
+    description="Validated FHIR R4 resources, one per record, in order per patient.",
+)
+WEARABLE_SAMPLES = TopicSpec(
+    "medstream.wearables.samples.v1",
+    key="patient_id",
+    value_type="medstream.events.v1.WearableSampleBatch",
+    description="Normalised wearable measurements (LOINC/UCUM) as acknowledged vendor batches.",
+)
+VITALS_SNAPSHOTS = TopicSpec(
+    "medstream.vitals.snapshots.v1",
+    key="patient_id",
+    value_type="medstream.events.v1.VitalSignsSnapshot",
+    description="Bedside vital-sign sets charted together (input of the deterioration-risk service).",
+)
+FINDINGS = TopicSpec(
+    "medstream.findings.v1",
+    key="patient_id",
+    value_type="medstream.events.v1.Finding",
+    description="Model and rule conclusions about a patient, with model name and version.",
+    retention_ms=30 * DAY_MS,
+)
+ALERTS = TopicSpec(
+    "medstream.alerts.v1",
+    key="patient_id",
+    value_type="medstream.events.v1.Alert",
+    description="Actionable alerts for downstream apps to subscribe to.",
+    retention_ms=30 * DAY_MS,
+)
+GRAPH_MUTATIONS = TopicSpec(
+    "medstream.graph.mutations.v1",
+    key="patient_id",
+    value_type="medstream.events.v1.GraphMutation",
+    description="Idempotent node/relationship upserts applied to Neo4j by the graph-writer service.",
+)
+DEAD_LETTERS = TopicSpec(
+    "medstream.deadletter.v1",
+    key="original key",
+    value_type="medstream.events.v1.DeadLetter",
+    description="Records a consumer could not process: original bytes, source coordinates, reason.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+
+CATALOG: tuple[TopicSpec, ...] = (
+    DICOM_INSTANCES,
+    FHIR_EVENTS,
+    WEARABLE_SAMPLES,
+    VITALS_SNAPSHOTS,
+    FINDINGS,
+    ALERTS,
+    GRAPH_MUTATIONS,
+    DEAD_LETTERS,
+)
+
+
+def by_name(name: str) -> TopicSpec:
+    for spec in CATALOG:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def markdown_table() -> str:
+    """The catalog as the Markdown table in docs/TOPICS.md."""
+    rows = [
+        "| topic | key | value | partitions | retention | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in CATALOG:
+        parts = str(t.partitions) if t.partitions else "default"
+        keep = "compacted" if t.compacted else f"{t.retention_ms // DAY_MS} d"
+        rows.append(f"| `{t.name}` | {t.key} | `{t.value_type}` | {parts} | {keep} | {t.description} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,139 @@
+"""Async Triton gRPC client: deadlines, bounded concurrency, retries with backoff and a circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from services.common.telemetry import INFERENCE_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    outputs: dict[str, np.ndarray]
+    model_version: str  # the version that answered, as Triton reports it
+
+
+class CircuitOpen(RuntimeError):
+    """Triton failed repeatedly; calls fail fast until the cool-down ends."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; lets one trial call through after `cooldown_s`."""
+
+    threshold: int = 5
+    cooldown_s: float = 5.0
+    failures: int = 0
+    opened_at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        return now - self.opened_at >= self.cooldown_s  # half-open: one trial
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = now
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.opened_at is None else "open"
+
+
+def backoff_delays(retries: int, base: float = 0.1, cap: float = 5.0) -> list[float]:
+    """Full-jitter exponential backoff delays, one per retry."""
+    return [random.uniform(0, min(cap, base * 2**attempt)) for attempt in range(retries)]
+
+
+class TritonClient:
+    """One client per process; `infer` is safe to call from many tasks at once."""
+
+    def __init__(self, url: str, service: str, *, timeout_s: float = 10.0, max_concurrency: int = 16,
+                 retries: int = 4, breaker: CircuitBreaker | None = None) -> None:
+        self.url = url
+        self.service = service
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.breaker = breaker or CircuitBreaker()
+        # Bounded concurrency: enough requests in flight for the dynamic batcher, not an unbounded queue.
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._client = grpcclient.InferenceServerClient(url=url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self, model: str | None = None) -> bool:
+        try:
+            if model is None:
+                return bool(await self._client.is_server_ready())
+            return bool(await self._client.is_model_ready(model))
+        except InferenceServerException:
+            return False
+
+    async def model_version(self, model: str) -> str:
+        """The highest ready version of `model`."""
+        index = await self._client.get_model_repository_index(as_json=True)
+        versions = [m["version"] for m in index.get("models", []) if m.get("name") == model and m.get("state") == "READY"]
+        if not versions:
+            raise InferenceServerException(f"model {model} is not ready")
+        return max(versions, key=int)
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str],
+                    version: str = "") -> InferResult:
+        """One inference with retries on transient errors; raises CircuitOpen while Triton keeps failing."""
+        delays = backoff_delays(self.retries)
+        for attempt in range(self.retries + 1):
+            if not self.breaker.allow(time.monotonic()):
+                raise CircuitOpen(f"triton circuit open after {self.breaker.failures} failures")
+            try:
+                result = await self._infer_once(model, inputs, outputs, version)
+                self.breaker.success()
+                return result
+            except InferenceServerException as exc:
+                self.breaker.failure(time.monotonic())
+                if attempt == self.retries or not _transient(exc):
+                    raise
+                log.warning("triton call failed, retrying", extra={"model": model, "attempt": attempt + 1,
+                                                                   "error": str(exc.message())[:200]})
+                await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    async def _infer_once(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str],
+                          version: str) -> InferResult:
+        triton_inputs = []
+        for name, array in inputs.items():
+            item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array)
+            triton_inputs.append(item)
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        async with self._slots:
+            started = time.perf_counter()
+            response = await self._client.infer(model, triton_inputs, model_version=version, outputs=requested,
+                                                client_timeout=self.timeout_s)
+            INFERENCE_SECONDS.labels(self.service, model).observe(time.perf_counter() - started)
+        return InferResult({name: response.as_numpy(name) for name in outputs},
+                           response.get_response().model_version)
+
+
+def _transient(exc: InferenceServerException) -> bool:
+    status = (exc.status() or "").upper()
+    text = str(exc.message() or "").lower()
+    return any(s in status for s in ("UNAVAILABLE", "DEADLINE", "RESOURCE_EXHAUSTED", "INTERNAL", "ABORTED")) or (
+        "unavailable" in text or "deadline" in text or "connect" in text
+    )

@@ -1,0 +1,115 @@
+"""Deterioration-risk service: vital-sign snapshots in; findings, alerts and graph mutations out.
+
+    medstream.vitals.snapshots.v1 --> decode/validate --(bad)--> medstream.deadletter.v1
+                                   --> Triton deterioration_risk (batched)
+                                   --> medstream.findings.v1, medstream.alerts.v1, medstream.graph.mutations.v1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from faust.worker import Worker
+from google.protobuf.message import Message
+from medstream.events.v1 import common_pb2, vitals_pb2
+
+from services.common.config import get_settings
+from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
+from services.common.kafka import make_faust_app, record_headers
+from services.common.service import retry_until_done
+from services.common.telemetry import (
+    CONSUMED, PROCESSING_SECONDS, PRODUCED, child_traceparent, current_traceparent, logging_config,
+    start_health_server,
+)
+from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
+from services.common.triton import CircuitOpen, TritonClient
+from services.deterioration.assess import assess, to_vitals, validate
+from services.deterioration.news2 import features
+from services.deterioration.training import MODEL_NAME
+from tritonclient.utils import InferenceServerException
+
+SERVICE = "deterioration"
+BATCH_MAX, BATCH_WITHIN_S = 64, 0.05
+
+settings = get_settings()
+app = make_faust_app(SERVICE, settings)
+vitals_in = app.topic(VITALS_SNAPSHOTS.name, key_serializer="raw", value_serializer="raw")
+topics_out = {t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
+              for t in (FINDINGS, ALERTS, GRAPH_MUTATIONS, DEAD_LETTERS)}
+triton = TritonClient(settings.triton_grpc_url, SERVICE, timeout_s=settings.triton_timeout_s,
+                      max_concurrency=settings.triton_max_concurrency, retries=settings.triton_retries)
+
+
+async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
+    """Send through faust's producer and wait for every broker ack before the inputs are acknowledged."""
+    pending = [
+        await topics_out[topic].send(key=key, value=msg.SerializeToString(), headers=record_headers(msg))
+        for topic, key, msg in records
+    ]
+    await asyncio.gather(*pending)
+    for topic, _, _ in records:
+        PRODUCED.labels(SERVICE, topic).inc()
+
+
+async def send(topic: str, key: bytes | None, message: Message) -> None:
+    await send_all([(topic, key, message)])
+
+
+dead_letters = DeadLetters(SERVICE, lambda key, letter: send(DEAD_LETTERS.name, key, letter))
+
+
+async def score(batch: list[vitals_pb2.VitalSignsSnapshot]) -> tuple[np.ndarray, common_pb2.ModelRef]:
+    x = np.stack([features(to_vitals(s)) for s in batch])
+
+    async def call() -> tuple[np.ndarray, common_pb2.ModelRef]:
+        out = await triton.infer(MODEL_NAME, {"VITALS": x}, ["RISK"])
+        return out.outputs["RISK"][:, 0], common_pb2.ModelRef(name=MODEL_NAME, version=out.model_version)
+
+    return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
+
+
+@app.agent(vitals_in)
+async def score_vitals(stream):  # type: ignore[no-untyped-def]
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        started = time.perf_counter()
+        accepted: list[tuple[SourceRecord, vitals_pb2.VitalSignsSnapshot]] = []
+        for event in events:
+            record = SourceRecord.from_faust(event)
+            CONSUMED.labels(SERVICE, record.topic).inc()
+            snapshot = await dead_letters.decode_or_dead_letter(record, vitals_pb2.VitalSignsSnapshot)
+            if snapshot is None:
+                continue
+            problems = validate(snapshot)
+            if problems:
+                await dead_letters.publish(record, VALIDATION_ERROR, "; ".join(problems))
+                continue
+            accepted.append((record, snapshot))
+        if not accepted:
+            continue
+        risks, model = await score([s for _, s in accepted])
+        outputs: list[tuple[str, bytes | None, Message]] = []
+        for (record, snapshot), risk in zip(accepted, risks, strict=True):
+            current_traceparent.set(child_traceparent(record.headers.get("traceparent", b"").decode() or None))
+            provenance = common_pb2.Provenance(producer=SERVICE, source_event_id=snapshot.snapshot_id,
+                                               source_topic=record.topic, source_partition=record.partition,
+                                               source_offset=record.offset)
+            result = assess(snapshot, float(risk), model, provenance)
+            key = snapshot.patient_id.encode()
+            outputs.append((FINDINGS.name, key, result.finding))
+            if result.alert is not None:
+                outputs.append((ALERTS.name, key, result.alert))
+            outputs.append((GRAPH_MUTATIONS.name, key, result.mutation))
+        await send_all(outputs)
+        PROCESSING_SECONDS.labels(SERVICE, VITALS_SNAPSHOTS.name).observe((time.perf_counter() - started) / len(events))
+
+
+@app.task
+async def serve_health() -> None:
+    await start_health_server(settings.http_host, settings.http_port, {"triton": lambda: triton.ready(MODEL_NAME)})
+
+
+def main() -> None:
+    Worker(app, loglevel=settings.log_level, logging_config=logging_config(SERVICE, settings.log_level),
+           redirect_stdouts=False).execute_from_commandline()
