@@ -162,3 +162,7 @@ def demo(timeout_s: float = 180.0) -> None:
     console.print("services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
                   " (or make stack-down)")
     raise typer.Exit(0 if summary["ok"] else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -115,7 +115,8 @@ class Graph:
     @classmethod
     def connect(cls, settings: Settings) -> Graph:
         auth = (settings.neo4j_user, settings.neo4j_password.get_secret_value()) if settings.neo4j_password else None
-        driver = AsyncGraphDatabase.driver(settings.neo4j_uri, auth=auth, max_transaction_retry_time=30.0)
+        driver = AsyncGraphDatabase.driver(settings.neo4j_uri, auth=auth, max_transaction_retry_time=30.0,
+                                             notifications_min_severity="OFF")
         return cls(driver, settings.neo4j_database)
 
     async def close(self) -> None:

@@ -194,11 +194,13 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
 
 def make_faust_app(service: str, settings: Settings, **overrides: Any) -> faust.App:
     """A faust app wired to the configured cluster: at-least-once, acks=all, state under the state dir."""
+    datadir = settings.state_dir / "faust" / service
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     conf: dict[str, Any] = {
         "broker": ";".join(f"kafka://{hp}" for hp in settings.kafka_bootstrap_servers.split(",")),
         "broker_credentials": faust_credentials(settings),
         "store": "memory://",  # tables recover from their changelog topics on start
-        "datadir": str(settings.state_dir / "faust" / service),
+        "datadir": str(datadir),
         "topic_partitions": settings.kafka_topic_partitions,
         "topic_replication_factor": settings.kafka_replication_factor,
         "consumer_auto_offset_reset": "earliest",

@@ -21,6 +21,7 @@ from services.common.kafka import make_faust_app, record_headers
 from services.common.service import retry_until_done
 from services.common.telemetry import (
     CONSUMED, PROCESSING_SECONDS, PRODUCED, child_traceparent, current_traceparent, logging_config,
+    traceparent_from_headers,
     start_health_server,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
@@ -70,6 +71,10 @@ async def score(batch: list[vitals_pb2.VitalSignsSnapshot]) -> tuple[np.ndarray,
     return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
 
 
+def _traceparent(record: SourceRecord) -> str | None:
+    return traceparent_from_headers(record.headers)
+
+
 @app.agent(vitals_in)
 async def score_vitals(stream):  # type: ignore[no-untyped-def]
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
@@ -77,6 +82,7 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
         accepted: list[tuple[SourceRecord, vitals_pb2.VitalSignsSnapshot]] = []
         for event in events:
             record = SourceRecord.from_faust(event)
+            current_traceparent.set(child_traceparent(_traceparent(record)))
             CONSUMED.labels(SERVICE, record.topic).inc()
             snapshot = await dead_letters.decode_or_dead_letter(record, vitals_pb2.VitalSignsSnapshot)
             if snapshot is None:
@@ -91,7 +97,7 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
         risks, model = await score([s for _, s in accepted])
         outputs: list[tuple[str, bytes | None, Message]] = []
         for (record, snapshot), risk in zip(accepted, risks, strict=True):
-            current_traceparent.set(child_traceparent(record.headers.get("traceparent", b"").decode() or None))
+            current_traceparent.set(child_traceparent(_traceparent(record)))
             provenance = common_pb2.Provenance(producer=SERVICE, source_event_id=snapshot.snapshot_id,
                                                source_topic=record.topic, source_partition=record.partition,
                                                source_offset=record.offset)
