@@ -32,8 +32,13 @@ def start_services(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
     for name, port in SERVICE_PORTS.items():
         env = {**os.environ, "MEDSTREAM_HTTP_PORT": str(port), "MEDSTREAM_STATE_DIR": str(settings.state_dir)}
         with open(logs / f"{name}.log", "ab") as log:
-            procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", name], env=env,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "run", name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     return procs
 
 
@@ -54,7 +59,10 @@ async def graph_findings(settings: Settings, patients: list[str]) -> int:
     try:
         records, _, _ = await graph.driver.execute_query(
             "MATCH (p:Patient)-[:HAS_FINDING]->(f:Finding {kind: 'deterioration-risk'}) WHERE p.id IN $patients "
-            "RETURN count(DISTINCT f) AS n", patients=patients, database_=graph.database)
+            "RETURN count(DISTINCT f) AS n",
+            patients=patients,
+            database_=graph.database,
+        )
         return int(records[0]["n"])
     finally:
         await graph.close()
@@ -67,8 +75,10 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str
     before = {t: end_offsets(settings, t) for t in (FINDINGS.name, ALERTS.name, DEAD_LETTERS.name)}
     procs = start_services(settings)
     try:
-        console.print(f"replaying {len(snapshots)} vital-sign snapshots ({len(snapshots) - len(valid)} invalid) "
-                      "and 1 undecodable record")
+        console.print(
+            f"replaying {len(snapshots)} vital-sign snapshots ({len(snapshots) - len(valid)} invalid) "
+            "and 1 undecodable record"
+        )
         producer = EventProducer(settings, "demo")
         for s in snapshots:
             producer.send_sync(VITALS_SNAPSHOTS.name, s.patient_id.encode(), s)

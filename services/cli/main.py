@@ -54,7 +54,9 @@ def stack_up(components: Annotated[list[str] | None, typer.Argument(help="kafka,
                 seconds = stack.start(c, paths, settings)
             except (RuntimeError, TimeoutError) as exc:
                 progress.stop()
-                console.print(f"[red]{exc}[/red]\n--- last lines of {paths.log(c.name)} ---\n{stack.tail(paths.log(c.name))}")
+                for log in filter(None, (paths.log(c.name), c.own_log(paths))):
+                    console.print(f"--- last lines of {log} ---\n{stack.tail(log)}")
+                console.print(f"[red]{exc}[/red]")
                 raise typer.Exit(1) from exc
             progress.update(task, description=f"{c.name}: ready in {seconds:.1f}s: {c.describe()}")
             progress.stop_task(task)
@@ -85,9 +87,12 @@ def stack_status() -> None:
 
 
 @stack_app.command("logs")
-def stack_logs(component: str, lines: int = 60, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
-    """Show a component's log."""
-    log = _paths().log(stack.component(component).name)
+def stack_logs(
+    component: str, lines: int = 60, follow: Annotated[bool, typer.Option("--follow", "-f")] = False
+) -> None:
+    """Show a component's log (its own log file where it has one, e.g. Kafka's server.log)."""
+    c, paths = stack.component(component), _paths()
+    log = c.own_log(paths) or paths.log(c.name)
     if follow:
         os_exec = ["tail", "-n", str(lines), "-F", str(log)]
         raise typer.Exit(subprocess.call(os_exec))
@@ -159,8 +164,10 @@ def demo(timeout_s: float = 180.0) -> None:
     topics_create()
     summary = demo_mod.run_demo(get_settings(), console, timeout_s)
     console.print_json(json.dumps(summary))
-    console.print("services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
-                  " (or make stack-down)")
+    console.print(
+        "services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
+        " (or make stack-down)"
+    )
     raise typer.Exit(0 if summary["ok"] else 1)
 
 

@@ -10,8 +10,8 @@ from medstream.events.v1 import deadletter_pb2, vitals_pb2
 from rich.console import Console
 
 from services.common.config import Settings
-from services.common.topic_reader import read_messages
 from services.common.kafka import EventProducer
+from services.common.topic_reader import read_messages
 from services.common.topics import DEAD_LETTERS, VITALS_SNAPSHOTS
 
 SAMPLE_VITALS = Path(__file__).resolve().parents[2] / "samples" / "vitals_snapshots.jsonl"
@@ -42,7 +42,11 @@ def replay_vitals(settings: Settings, path: Path, console: Console) -> int:
 def replay_dead_letters(settings: Settings, reason: str | None, console: Console) -> int:
     """Send dead letters' original bytes back to their source topic (after the cause was fixed)."""
     wanted = deadletter_pb2.DeadLetterReason.Value(f"DEAD_LETTER_REASON_{reason}") if reason else None
-    letters = [d for d in read_messages(settings, DEAD_LETTERS.name, deadletter_pb2.DeadLetter) if wanted is None or d.reason == wanted]
+    letters = [
+        d
+        for d in read_messages(settings, DEAD_LETTERS.name, deadletter_pb2.DeadLetter)
+        if wanted is None or d.reason == wanted
+    ]
     producer = EventProducer(settings, "replay")
 
     async def send_all() -> None:

@@ -82,6 +82,10 @@ class Component:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def own_log(self, paths: Paths) -> Path | None:
+        """The component's own log file, where it writes more than to stdout."""
+        return None
+
 
 class Kafka(Component):
     name = "kafka"
@@ -97,44 +101,53 @@ class Kafka(Component):
         if stamp.exists():
             return
         lib.mkdir(parents=True, exist_ok=True)
-        _maven("-f", str(DEVSTACK / "kafka" / "pom.xml"), "dependency:copy-dependencies",
-               f"-DoutputDirectory={lib}", "-DincludeScope=runtime")
+        _maven(
+            "-f",
+            str(DEVSTACK / "kafka" / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        )
         stamp.write_text(self.version)
 
     def properties(self, paths: Paths) -> str:
         data = paths.data(self.name)
-        return "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-            f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data / 'logs'}",
-            "num.partitions=1",
-            "default.replication.factor=1",
-            "min.insync.replicas=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "transaction.state.log.num.partitions=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "share.coordinator.state.topic.num.partitions=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "",
-        ])
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data / 'logs'}",
+                "num.partitions=1",
+                "default.replication.factor=1",
+                "min.insync.replicas=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "share.coordinator.state.topic.num.partitions=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "",
+            ]
+        )
 
     def _java(self, paths: Paths) -> list[str]:
         return [
-            "java", "-Djava.awt.headless=true",
+            "java",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={DEVSTACK / 'kafka' / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={paths.data(self.name) / 'server-logs'}",
-            "-cp", lib_glob(self.lib(paths)),
+            f"-Dkafka.logs.dir={paths.state / 'logs' / 'kafka'}",
+            "-cp",
+            lib_glob(self.lib(paths)),
         ]
 
     def prepare(self, paths: Paths) -> None:
@@ -144,14 +157,38 @@ class Kafka(Component):
         props.write_text(self.properties(paths))
         if (data / "logs" / "meta.properties").exists():
             return  # formatting twice fails: the storage is already initialised
-        cluster_id = subprocess.run([*self._java(paths), "kafka.tools.StorageTool", "random-uuid"],
-                                    check=True, capture_output=True, text=True).stdout.strip()
-        subprocess.run([*self._java(paths), "kafka.tools.StorageTool", "format", "--standalone",
-                        "-t", cluster_id, "-c", str(props)], check=True, stdout=subprocess.DEVNULL)
+        cluster_id = subprocess.run(
+            [*self._java(paths), "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        subprocess.run(
+            [
+                *self._java(paths),
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def command(self, paths: Paths) -> list[str]:
-        return [*self._java(paths)[:1], "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                *self._java(paths)[1:], "kafka.Kafka", str(paths.data(self.name) / "server.properties")]
+        return [
+            *self._java(paths)[:1],
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            *self._java(paths)[1:],
+            "kafka.Kafka",
+            str(paths.data(self.name) / "server.properties"),
+        ]
+
+    def own_log(self, paths: Paths) -> Path | None:
+        return paths.state / "logs" / "kafka" / "server.log"
 
     def ready(self, settings: Settings) -> bool:
         from services.common.kafka import kafka_ready
@@ -183,14 +220,28 @@ class Neo4j(Component):
 
     def command(self, paths: Paths) -> list[str]:
         return [
-            "java", "-Xms512m", "-Xmx1g", "-XX:+UseG1GC", "-XX:+DisableExplicitGC",
+            "java",
+            "-Xms512m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-XX:+DisableExplicitGC",
             # Java 17 module flags for Neo4j's page cache and netty (without them it falls back, slower and noisy).
-            "--add-opens=java.base/java.nio=ALL-UNNAMED", "--add-opens=java.base/java.io=ALL-UNNAMED",
-            "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED", "--enable-native-access=ALL-UNNAMED",
-            "-Dio.netty.tryReflectionSetAccessible=true", "-Dlog4j2.disable.jmx=true",
-            f"-Dneo4j.bolt.port={NEO4J_BOLT_PORT}", "-Dneo4j.pagecache=256m",
-            "-cp", f"{lib_glob(self.lib(paths))}", "org.medstream.devstack.Neo4jLauncher", str(paths.data(self.name)),
+            "--add-opens=java.base/java.nio=ALL-UNNAMED",
+            "--add-opens=java.base/java.io=ALL-UNNAMED",
+            "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+            "--enable-native-access=ALL-UNNAMED",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "-Dlog4j2.disable.jmx=true",
+            f"-Dneo4j.bolt.port={NEO4J_BOLT_PORT}",
+            "-Dneo4j.pagecache=256m",
+            "-cp",
+            f"{lib_glob(self.lib(paths))}",
+            "org.medstream.devstack.Neo4jLauncher",
+            str(paths.data(self.name)),
         ]
+
+    def own_log(self, paths: Paths) -> Path | None:
+        return paths.data(self.name) / "logs" / "debug.log"
 
     def ready(self, settings: Settings) -> bool:
         from services.common.graph import Graph
@@ -227,8 +278,10 @@ class Triton(Component):
         python.mkdir(parents=True, exist_ok=True)
         wheel = self.wheel_dir()
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        sources = [*sorted((wheel / "backends" / "python").glob("*.*")),
-                   wheel / "python_backend_stubs" / version / "triton_python_backend_stub"]
+        sources = [
+            *sorted((wheel / "backends" / "python").glob("*.*")),
+            wheel / "python_backend_stubs" / version / "triton_python_backend_stub",
+        ]
         for src in sources:
             dst = python / src.name
             if not dst.exists() or dst.stat().st_size != src.stat().st_size:
@@ -240,13 +293,19 @@ class Triton(Component):
             str(self.wheel_dir() / "bin" / "tritonserver"),
             f"--model-repository={MODEL_REPOSITORY}",
             f"--backend-directory={self.backends(paths)}",
-            "--http-address=127.0.0.1", f"--http-port={TRITON_HTTP_PORT}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={TRITON_GRPC_PORT}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={TRITON_METRICS_PORT}",
-            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+            "--http-address=127.0.0.1",
+            f"--http-port={TRITON_HTTP_PORT}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={TRITON_GRPC_PORT}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={TRITON_METRICS_PORT}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0",
             "--disable-auto-complete-config",
             # New model versions dropped into the repository are loaded without a restart.
-            "--model-control-mode=poll", "--repository-poll-secs=5",
+            "--model-control-mode=poll",
+            "--repository-poll-secs=5",
             "--log-verbose=0",
         ]
 
@@ -257,7 +316,8 @@ class Triton(Component):
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, str(wheel_libs), env.get("LD_LIBRARY_PATH")]))
         # The stub's interpreter is isolated from PYTHONPATH; model.py adds these site dirs itself.
         env["MEDSTREAM_TRITON_SITE_PACKAGES"] = os.pathsep.join(
-            p for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+            p for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        )
         return env
 
     def ready(self, settings: Settings) -> bool:
@@ -366,8 +426,15 @@ def start(c: Component, paths: Paths, settings: Settings, on_wait: Callable[[flo
         for d in (paths.pid(c.name).parent, paths.log(c.name).parent):
             d.mkdir(parents=True, exist_ok=True)
         with open(paths.log(c.name), "ab") as log:
-            proc = subprocess.Popen(c.command(paths), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=c.env(paths), cwd=paths.state, start_new_session=True)
+            proc = subprocess.Popen(
+                c.command(paths),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=c.env(paths),
+                cwd=paths.state,
+                start_new_session=True,
+            )
         paths.pid(c.name).write_text(f"{proc.pid}\n")
         pid = proc.pid
     deadline = started + c.ready_timeout_s

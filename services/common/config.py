@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     # Lower than Kafka's default so a restarted worker rejoins its group quickly.
     kafka_session_timeout_ms: int = 10_000
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka (confluent-kafka) connection properties."""
-        conf: dict[str, str] = {
+        conf: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
         }

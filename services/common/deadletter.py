@@ -39,8 +39,9 @@ class SourceRecord:
     @classmethod
     def from_faust(cls, event: Any) -> SourceRecord:
         msg = event.message
-        return cls(msg.topic, msg.partition, msg.offset, _as_bytes(msg.key), _as_bytes(msg.value),
-                   _header_map(msg.headers))
+        return cls(
+            msg.topic, msg.partition, msg.offset, _as_bytes(msg.key), _as_bytes(msg.value), _header_map(msg.headers)
+        )
 
     @classmethod
     def from_confluent(cls, msg: Any) -> SourceRecord:
@@ -116,9 +117,15 @@ class DeadLetters:
         reason_name = Reason.Name(reason)  # type: ignore[arg-type]
         DEAD_LETTERED.labels(self.service, record.topic, reason_name).inc()
         # error_text can quote input: the log formatter scrubs it, and the full text is only on the topic.
-        log.warning("dead-lettered record", extra={
-            "topic": record.topic, "partition": record.partition, "offset": record.offset, "reason": reason_name,
-        })
+        log.warning(
+            "dead-lettered record",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason_name,
+            },
+        )
 
     async def decode_or_dead_letter(self, record: SourceRecord, message_type: type[M]) -> M | None:
         try:

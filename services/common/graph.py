@@ -84,10 +84,15 @@ def node_batches(nodes: Iterable[Node]) -> dict[tuple[str, str], list[dict[str, 
 def relationship_batches(rels: Iterable[Relationship]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for rel in rels:
-        groups[(rel.start.label, rel.type, rel.end.label)].append({
-            "start": rel.start.key, "end": rel.end.key, "props": rel.properties,
-            "start_props": rel.start.properties, "end_props": rel.end.properties,
-        })
+        groups[(rel.start.label, rel.type, rel.end.label)].append(
+            {
+                "start": rel.start.key,
+                "end": rel.end.key,
+                "props": rel.properties,
+                "start_props": rel.start.properties,
+                "end_props": rel.end.properties,
+            }
+        )
     return groups
 
 
@@ -115,8 +120,9 @@ class Graph:
     @classmethod
     def connect(cls, settings: Settings) -> Graph:
         auth = (settings.neo4j_user, settings.neo4j_password.get_secret_value()) if settings.neo4j_password else None
-        driver = AsyncGraphDatabase.driver(settings.neo4j_uri, auth=auth, max_transaction_retry_time=30.0,
-                                             notifications_min_severity="OFF")
+        driver = AsyncGraphDatabase.driver(
+            settings.neo4j_uri, auth=auth, max_transaction_retry_time=30.0, notifications_min_severity="OFF"
+        )
         return cls(driver, settings.neo4j_database)
 
     async def close(self) -> None:

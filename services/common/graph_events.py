@@ -25,18 +25,24 @@ def _props(props: Mapping[str, Any]) -> dict[str, graph_pb2.GraphValue]:
 
 
 def _node_msg(node: Node) -> graph_pb2.NodeUpsert:
-    return graph_pb2.NodeUpsert(label=node.label, key_property=NODE_KEYS[node.label], key_value=node.key,
-                                properties=_props(node.properties))
+    return graph_pb2.NodeUpsert(
+        label=node.label, key_property=NODE_KEYS[node.label], key_value=node.key, properties=_props(node.properties)
+    )
 
 
-def to_mutation(mutation_id: str, nodes: Iterable[Node] = (), relationships: Iterable[Relationship] = (),
-                provenance: common_pb2.Provenance | None = None) -> graph_pb2.GraphMutation:
+def to_mutation(
+    mutation_id: str,
+    nodes: Iterable[Node] = (),
+    relationships: Iterable[Relationship] = (),
+    provenance: common_pb2.Provenance | None = None,
+) -> graph_pb2.GraphMutation:
     return graph_pb2.GraphMutation(
         mutation_id=mutation_id,
         nodes=[_node_msg(n) for n in nodes],
         relationships=[
-            graph_pb2.RelationshipUpsert(from_node=_node_msg(r.start), type=r.type, to_node=_node_msg(r.end),
-                                         properties=_props(r.properties))
+            graph_pb2.RelationshipUpsert(
+                from_node=_node_msg(r.start), type=r.type, to_node=_node_msg(r.end), properties=_props(r.properties)
+            )
             for r in relationships
         ],
         provenance=provenance,
@@ -65,6 +71,7 @@ def from_mutation(msg: graph_pb2.GraphMutation) -> tuple[list[Node], list[Relati
     for r in msg.relationships:
         if not r.type.isidentifier() or not r.type.isupper():
             raise ValueError(f"relationship type {r.type!r} is not UPPER_SNAKE_CASE")
-        rels.append(Relationship(_node(r.from_node), r.type, _node(r.to_node),
-                                 {k: _py(v) for k, v in r.properties.items()}))
+        rels.append(
+            Relationship(_node(r.from_node), r.type, _node(r.to_node), {k: _py(v) for k, v in r.properties.items()})
+        )
     return nodes, rels

@@ -61,13 +61,14 @@ class EventProducer:
     def produce(self, topic: str, key: bytes | str | None, value: bytes, headers: Headers, on_delivery: Any) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
                 return
             except BufferError:  # local queue full: wait for deliveries to drain
                 self._producer.poll(0.05)
 
-    async def send(self, topic: str, key: bytes | str | None, message: ProtoMessage | bytes,
-                   headers: Headers | None = None) -> tuple[int, int]:
+    async def send(
+        self, topic: str, key: bytes | str | None, message: ProtoMessage | bytes, headers: Headers | None = None
+    ) -> tuple[int, int]:
         """Produce and wait for the broker's acknowledgement; returns (partition, offset)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, int]] = loop.create_future()
@@ -79,17 +80,22 @@ class EventProducer:
                 loop.call_soon_threadsafe(_set_result, future, (msg.partition(), msg.offset()))
 
         value = message if isinstance(message, bytes) else message.SerializeToString()
-        hdrs = headers if headers is not None else (record_headers(message) if isinstance(message, ProtoMessage) else [])
+        hdrs = (
+            headers if headers is not None else (record_headers(message) if isinstance(message, ProtoMessage) else [])
+        )
         self.produce(topic, key, value, hdrs, delivered)
         result = await future
         PRODUCED.labels(self.service, topic).inc()
         return result
 
-    def send_sync(self, topic: str, key: bytes | str | None, message: ProtoMessage | bytes,
-                  headers: Headers | None = None) -> None:
+    def send_sync(
+        self, topic: str, key: bytes | str | None, message: ProtoMessage | bytes, headers: Headers | None = None
+    ) -> None:
         """Queue a record without waiting; call `flush` to wait for all of them."""
         value = message if isinstance(message, bytes) else message.SerializeToString()
-        hdrs = headers if headers is not None else (record_headers(message) if isinstance(message, ProtoMessage) else [])
+        hdrs = (
+            headers if headers is not None else (record_headers(message) if isinstance(message, ProtoMessage) else [])
+        )
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
@@ -179,7 +185,9 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
         return None
     context = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
         if settings.kafka_ssl_certfile:
             context.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile or "") or None)
     if protocol == "SSL":

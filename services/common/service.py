@@ -12,8 +12,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def retry_until_done(call: Callable[[], Awaitable[T]], what: str, *, retry_on: tuple[type[BaseException], ...],
-                           base_s: float = 0.2, cap_s: float = 10.0) -> T:
+async def retry_until_done(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    base_s: float = 0.2,
+    cap_s: float = 10.0,
+) -> T:
     """Retry a call whose failure is the dependency's, not the record's, until it succeeds.
 
     The stream waits instead of dropping or dead-lettering: nothing is committed until outputs are durable.
@@ -24,7 +30,9 @@ async def retry_until_done(call: Callable[[], Awaitable[T]], what: str, *, retry
             return await call()
         except retry_on as exc:
             delay = random.uniform(base_s, min(cap_s, base_s * 2 ** min(attempt, 10)))
-            log.warning("dependency unavailable, waiting", extra={"what": what, "attempt": attempt + 1,
-                                                                  "error": type(exc).__name__, "delay_s": round(delay, 2)})
+            log.warning(
+                "dependency unavailable, waiting",
+                extra={"what": what, "attempt": attempt + 1, "error": type(exc).__name__, "delay_s": round(delay, 2)},
+            )
             attempt += 1
             await asyncio.sleep(delay)

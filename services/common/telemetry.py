@@ -20,16 +20,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 # Labels never carry identifiers: service, topic, reason code, model name are the only dimensions.
 CONSUMED = Counter("medstream_consumed_total", "Records consumed", ["service", "topic"])
 PRODUCED = Counter("medstream_produced_total", "Records produced", ["service", "topic"])
-DEAD_LETTERED = Counter("medstream_dead_lettered_total", "Records sent to the dead-letter topic", ["service", "topic", "reason"])
+DEAD_LETTERED = Counter(
+    "medstream_dead_lettered_total", "Records sent to the dead-letter topic", ["service", "topic", "reason"]
+)
 PROCESSING_SECONDS = Histogram(
-    "medstream_processing_seconds", "Time to process one record", ["service", "topic"],
+    "medstream_processing_seconds",
+    "Time to process one record",
+    ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 INFERENCE_SECONDS = Histogram(
-    "medstream_inference_seconds", "Triton request latency seen by the client", ["service", "model"],
+    "medstream_inference_seconds",
+    "Triton request latency seen by the client",
+    ["service", "model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-CONSUMER_LAG = Gauge("medstream_consumer_lag", "High watermark minus committed position", ["service", "topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "medstream_consumer_lag", "High watermark minus committed position", ["service", "topic", "partition"]
+)
 GRAPH_ROWS = Counter("medstream_graph_rows_total", "Rows upserted into Neo4j", ["service", "kind"])
 
 
@@ -39,11 +47,31 @@ def record_lag(service: str, topic: str, partition: int, highwater: int, positio
 
 # ---------------------------------------------------------------- PHI-free logs
 # Keys whose values are PHI or identifiers: replaced by a keyed pseudonym so lines stay correlatable.
-PHI_KEYS = frozenset({
-    "patient_id", "patient_reference", "patient_name", "name", "given", "family", "birth_date", "birthdate",
-    "dob", "mrn", "identifier", "accession_number", "address", "phone", "email", "ssn", "encounter_id",
-    "study_instance_uid", "series_instance_uid", "sop_instance_uid", "device_id",
-})
+PHI_KEYS = frozenset(
+    {
+        "patient_id",
+        "patient_reference",
+        "patient_name",
+        "name",
+        "given",
+        "family",
+        "birth_date",
+        "birthdate",
+        "dob",
+        "mrn",
+        "identifier",
+        "accession_number",
+        "address",
+        "phone",
+        "email",
+        "ssn",
+        "encounter_id",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+        "device_id",
+    }
+)
 _PSEUDONYM_KEY = secrets.token_bytes(16)  # per process: pseudonyms cannot be joined across processes
 _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ][\d:.]+(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "[DATE]"),
@@ -148,7 +176,9 @@ def child_traceparent(parent: str | None) -> str:
     return new_traceparent()
 
 
-def traceparent_from_headers(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None) -> str | None:
+def traceparent_from_headers(
+    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None,
+) -> str | None:
     if not headers:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -191,7 +221,9 @@ def health_app(checks: Mapping[str, ReadinessCheck] | None = None) -> web.Applic
     return app
 
 
-async def start_health_server(host: str, port: int, checks: Mapping[str, ReadinessCheck] | None = None) -> web.AppRunner:
+async def start_health_server(
+    host: str, port: int, checks: Mapping[str, ReadinessCheck] | None = None
+) -> web.AppRunner:
     runner = web.AppRunner(health_app(checks), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

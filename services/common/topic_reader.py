@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from google.protobuf.message import Message
@@ -17,18 +17,22 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict
     consumer = Consumer({**settings.kafka_client_config(), "group.id": "medstream-inspect"})
     try:
         md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in md.partitions}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in md.partitions
+        }
     finally:
         consumer.close()
 
 
-def read_records(settings: Settings, topic: str, since: dict[int, int] | None = None,
-                 timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+def read_records(
+    settings: Settings, topic: str, since: dict[int, int] | None = None, timeout_s: float = 10.0
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
     """(key, value, headers) of every record after `since` (default: from the beginning) up to the current end."""
     until = end_offsets(settings, topic, timeout_s)
     start = since or {}
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "medstream-inspect",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": "medstream-inspect", "enable.auto.commit": False}
+    )
     out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
     try:
         todo = {p: end for p, end in until.items() if end > start.get(p, 0)}
@@ -40,14 +44,19 @@ def read_records(settings: Settings, topic: str, since: dict[int, int] | None = 
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append((msg.key(), msg.value(), {k: v or b"" for k, v in (msg.headers() or [])}))
-            if msg.offset() >= todo.get(msg.partition(), 0) - 1:
-                todo.pop(msg.partition(), None)
+            partition, offset = cast(int, msg.partition()), cast(int, msg.offset())
+            headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+            out.append(
+                (cast(bytes | None, msg.key()), cast(bytes, msg.value() or b""), {k: v or b"" for k, v in headers})
+            )
+            if offset >= todo.get(partition, 0) - 1:
+                todo.pop(partition, None)
         return out
     finally:
         consumer.close()
 
 
-def read_messages(settings: Settings, topic: str, message_type: type[M], since: dict[int, int] | None = None,
-                  timeout_s: float = 10.0) -> list[M]:
+def read_messages(
+    settings: Settings, topic: str, message_type: type[M], since: dict[int, int] | None = None, timeout_s: float = 10.0
+) -> list[M]:
     return [message_type.FromString(value) for _, value, _ in read_records(settings, topic, since, timeout_s)]

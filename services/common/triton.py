@@ -64,8 +64,16 @@ def backoff_delays(retries: int, base: float = 0.1, cap: float = 5.0) -> list[fl
 class TritonClient:
     """One client per process; `infer` is safe to call from many tasks at once."""
 
-    def __init__(self, url: str, service: str, *, timeout_s: float = 10.0, max_concurrency: int = 16,
-                 retries: int = 4, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        *,
+        timeout_s: float = 10.0,
+        max_concurrency: int = 16,
+        retries: int = 4,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.url = url
         self.service = service
         self.timeout_s = timeout_s
@@ -89,13 +97,16 @@ class TritonClient:
     async def model_version(self, model: str) -> str:
         """The highest ready version of `model`."""
         index = await self._client.get_model_repository_index(as_json=True)
-        versions = [m["version"] for m in index.get("models", []) if m.get("name") == model and m.get("state") == "READY"]
+        versions = [
+            m["version"] for m in index.get("models", []) if m.get("name") == model and m.get("state") == "READY"
+        ]
         if not versions:
             raise InferenceServerException(f"model {model} is not ready")
         return max(versions, key=int)
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str],
-                    version: str = "") -> InferResult:
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], version: str = ""
+    ) -> InferResult:
         """One inference with retries on transient errors; raises CircuitOpen while Triton keeps failing."""
         delays = backoff_delays(self.retries)
         for attempt in range(self.retries + 1):
@@ -109,13 +120,16 @@ class TritonClient:
                 self.breaker.failure(time.monotonic())
                 if attempt == self.retries or not _transient(exc):
                     raise
-                log.warning("triton call failed, retrying", extra={"model": model, "attempt": attempt + 1,
-                                                                   "error": str(exc.message())[:200]})
+                log.warning(
+                    "triton call failed, retrying",
+                    extra={"model": model, "attempt": attempt + 1, "error": str(exc.message())[:200]},
+                )
                 await asyncio.sleep(delays[attempt])
         raise AssertionError("unreachable")
 
-    async def _infer_once(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str],
-                          version: str) -> InferResult:
+    async def _infer_once(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], version: str
+    ) -> InferResult:
         triton_inputs = []
         for name, array in inputs.items():
             item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -124,11 +138,11 @@ class TritonClient:
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         async with self._slots:
             started = time.perf_counter()
-            response = await self._client.infer(model, triton_inputs, model_version=version, outputs=requested,
-                                                client_timeout=self.timeout_s)
+            response = await self._client.infer(
+                model, triton_inputs, model_version=version, outputs=requested, client_timeout=self.timeout_s
+            )
             INFERENCE_SECONDS.labels(self.service, model).observe(time.perf_counter() - started)
-        return InferResult({name: response.as_numpy(name) for name in outputs},
-                           response.get_response().model_version)
+        return InferResult({name: response.as_numpy(name) for name in outputs}, response.get_response().model_version)
 
 
 def _transient(exc: InferenceServerException) -> bool:

@@ -1,8 +1,8 @@
 """Deterioration-risk service: vital-sign snapshots in; findings, alerts and graph mutations out.
 
-    medstream.vitals.snapshots.v1 --> decode/validate --(bad)--> medstream.deadletter.v1
-                                   --> Triton deterioration_risk (batched)
-                                   --> medstream.findings.v1, medstream.alerts.v1, medstream.graph.mutations.v1
+medstream.vitals.snapshots.v1 --> decode/validate --(bad)--> medstream.deadletter.v1
+                               --> Triton deterioration_risk (batched)
+                               --> medstream.findings.v1, medstream.alerts.v1, medstream.graph.mutations.v1
 """
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ import numpy as np
 from faust.worker import Worker
 from google.protobuf.message import Message
 from medstream.events.v1 import common_pb2, vitals_pb2
+from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
 from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
 from services.common.kafka import make_faust_app, record_headers
 from services.common.service import retry_until_done
 from services.common.telemetry import (
-    CONSUMED, PROCESSING_SECONDS, PRODUCED, child_traceparent, current_traceparent, logging_config,
-    traceparent_from_headers,
+    CONSUMED,
+    PROCESSING_SECONDS,
+    PRODUCED,
+    child_traceparent,
+    current_traceparent,
+    logging_config,
     start_health_server,
+    traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
 from services.common.triton import CircuitOpen, TritonClient
 from services.deterioration.assess import assess, to_vitals, validate
 from services.deterioration.news2 import features
 from services.deterioration.training import MODEL_NAME
-from tritonclient.utils import InferenceServerException
 
 SERVICE = "deterioration"
 BATCH_MAX, BATCH_WITHIN_S = 64, 0.05
@@ -37,10 +42,17 @@ BATCH_MAX, BATCH_WITHIN_S = 64, 0.05
 settings = get_settings()
 app = make_faust_app(SERVICE, settings)
 vitals_in = app.topic(VITALS_SNAPSHOTS.name, key_serializer="raw", value_serializer="raw")
-topics_out = {t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
-              for t in (FINDINGS, ALERTS, GRAPH_MUTATIONS, DEAD_LETTERS)}
-triton = TritonClient(settings.triton_grpc_url, SERVICE, timeout_s=settings.triton_timeout_s,
-                      max_concurrency=settings.triton_max_concurrency, retries=settings.triton_retries)
+topics_out = {
+    t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
+    for t in (FINDINGS, ALERTS, GRAPH_MUTATIONS, DEAD_LETTERS)
+}
+triton = TritonClient(
+    settings.triton_grpc_url,
+    SERVICE,
+    timeout_s=settings.triton_timeout_s,
+    max_concurrency=settings.triton_max_concurrency,
+    retries=settings.triton_retries,
+)
 
 
 async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
@@ -98,9 +110,13 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
         outputs: list[tuple[str, bytes | None, Message]] = []
         for (record, snapshot), risk in zip(accepted, risks, strict=True):
             current_traceparent.set(child_traceparent(_traceparent(record)))
-            provenance = common_pb2.Provenance(producer=SERVICE, source_event_id=snapshot.snapshot_id,
-                                               source_topic=record.topic, source_partition=record.partition,
-                                               source_offset=record.offset)
+            provenance = common_pb2.Provenance(
+                producer=SERVICE,
+                source_event_id=snapshot.snapshot_id,
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+            )
             result = assess(snapshot, float(risk), model, provenance)
             key = snapshot.patient_id.encode()
             outputs.append((FINDINGS.name, key, result.finding))
@@ -117,5 +133,9 @@ async def serve_health() -> None:
 
 
 def main() -> None:
-    Worker(app, loglevel=settings.log_level, logging_config=logging_config(SERVICE, settings.log_level),
-           redirect_stdouts=False).execute_from_commandline()
+    Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(SERVICE, settings.log_level),
+        redirect_stdouts=False,
+    ).execute_from_commandline()

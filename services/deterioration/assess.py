@@ -48,8 +48,15 @@ def validate(s: vitals_pb2.VitalSignsSnapshot) -> list[str]:
 
 
 def to_vitals(s: vitals_pb2.VitalSignsSnapshot) -> Vitals:
-    return Vitals(s.respiratory_rate, s.oxygen_saturation, s.on_supplemental_oxygen, s.body_temperature,
-                  s.systolic_blood_pressure, s.heart_rate, int(s.consciousness))
+    return Vitals(
+        s.respiratory_rate,
+        s.oxygen_saturation,
+        s.on_supplemental_oxygen,
+        s.body_temperature,
+        s.systolic_blood_pressure,
+        s.heart_rate,
+        int(s.consciousness),
+    )
 
 
 def severity(risk: float) -> int:
@@ -67,17 +74,24 @@ class Assessment:
     mutation: graph_pb2.GraphMutation
 
 
-def assess(s: vitals_pb2.VitalSignsSnapshot, risk: float, model: common_pb2.ModelRef,
-           provenance: common_pb2.Provenance) -> Assessment:
+def assess(
+    s: vitals_pb2.VitalSignsSnapshot, risk: float, model: common_pb2.ModelRef, provenance: common_pb2.Provenance
+) -> Assessment:
     # Same snapshot + same model version => same ids, so replays and redeliveries are idempotent downstream.
     finding_id = str(uuid.uuid5(_NAMESPACE, f"{s.snapshot_id}|{KIND}|{model.name}|{model.version}"))
     news2 = news2_score(to_vitals(s))
     sev = severity(risk)
     summary = f"Deterioration risk {risk:.2f} (NEWS2 {news2}) from {model.name} v{model.version}"
     finding = finding_pb2.Finding(
-        finding_id=finding_id, patient_id=s.patient_id, kind=KIND,
+        finding_id=finding_id,
+        patient_id=s.patient_id,
+        kind=KIND,
         code=finding_pb2.Coding(system=FINDING_KIND_SYSTEM, code=KIND, display="Risk of NEWS2 urgent-response trigger"),
-        score=risk, severity=sev, model=model, effective_time=s.effective_time, summary=summary,
+        score=risk,
+        severity=sev,
+        model=model,
+        effective_time=s.effective_time,
+        summary=summary,
         measurements=[finding_pb2.Measurement(name="news2_score", value=float(news2), unit="{score}")],
         provenance=provenance,
     )
@@ -86,20 +100,41 @@ def assess(s: vitals_pb2.VitalSignsSnapshot, risk: float, model: common_pb2.Mode
         raised = Timestamp()
         raised.GetCurrentTime()
         alert = alert_pb2.Alert(
-            alert_id=str(uuid.uuid5(_NAMESPACE, f"alert|{finding_id}")), patient_id=s.patient_id, kind="deterioration",
-            severity=sev, summary=summary, raised_at=raised, window_start=s.effective_time,
-            window_end=s.effective_time, rule_id="", model=model, finding_id=finding_id,
+            alert_id=str(uuid.uuid5(_NAMESPACE, f"alert|{finding_id}")),
+            patient_id=s.patient_id,
+            kind="deterioration",
+            severity=sev,
+            summary=summary,
+            raised_at=raised,
+            window_start=s.effective_time,
+            window_end=s.effective_time,
+            rule_id="",
+            model=model,
+            finding_id=finding_id,
         )
     patient = Node("Patient", s.patient_id)
-    finding_node = Node("Finding", finding_id, {
-        "kind": KIND, "score": round(risk, 6), "severity": finding_pb2.Severity.Name(sev),  # type: ignore[arg-type]
-        "news2": news2, "effective_time": s.effective_time.ToJsonString(), "model": f"{model.name}:{model.version}",
-    })
+    finding_node = Node(
+        "Finding",
+        finding_id,
+        {
+            "kind": KIND,
+            "score": round(risk, 6),
+            "severity": finding_pb2.Severity.Name(sev),  # type: ignore[arg-type]
+            "news2": news2,
+            "effective_time": s.effective_time.ToJsonString(),
+            "model": f"{model.name}:{model.version}",
+        },
+    )
     model_node = Node("Model", f"{model.name}:{model.version}", {"name": model.name, "version": model.version})
-    relationships = [Relationship(patient, "HAS_FINDING", finding_node), Relationship(finding_node, "PRODUCED_BY", model_node)]
+    relationships = [
+        Relationship(patient, "HAS_FINDING", finding_node),
+        Relationship(finding_node, "PRODUCED_BY", model_node),
+    ]
     if s.encounter_id:
         encounter = Node("Encounter", s.encounter_id)
-        relationships += [Relationship(patient, "HAS_ENCOUNTER", encounter),
-                          Relationship(finding_node, "DURING", encounter)]
+        relationships += [
+            Relationship(patient, "HAS_ENCOUNTER", encounter),
+            Relationship(finding_node, "DURING", encounter),
+        ]
     mutation = to_mutation(finding_id, relationships=relationships, provenance=provenance)
     return Assessment(finding, alert, mutation)

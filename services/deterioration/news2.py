@@ -13,8 +13,13 @@ import numpy as np
 ALERT = 1
 
 FEATURES = (
-    "respiratory_rate", "oxygen_saturation", "on_supplemental_oxygen", "body_temperature",
-    "systolic_blood_pressure", "heart_rate", "not_alert",
+    "respiratory_rate",
+    "oxygen_saturation",
+    "on_supplemental_oxygen",
+    "body_temperature",
+    "systolic_blood_pressure",
+    "heart_rate",
+    "not_alert",
 )
 
 
@@ -66,7 +71,15 @@ def urgent_response(v: Vitals) -> bool:
 
 def features(v: Vitals) -> np.ndarray:
     """Raw-unit feature vector in FEATURES order (the model normalises internally)."""
-    return np.array([
-        v.respiratory_rate, v.oxygen_saturation, float(v.on_supplemental_oxygen), v.body_temperature,
-        v.systolic_blood_pressure, v.heart_rate, float(v.consciousness != ALERT),
-    ], dtype=np.float32)
+    return np.array(
+        [
+            v.respiratory_rate,
+            v.oxygen_saturation,
+            float(v.on_supplemental_oxygen),
+            v.body_temperature,
+            v.systolic_blood_pressure,
+            v.heart_rate,
+            float(v.consciousness != ALERT),
+        ],
+        dtype=np.float32,
+    )

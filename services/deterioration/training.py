@@ -32,8 +32,15 @@ def synthetic_vitals(n: int, rng: np.random.Generator) -> list[Vitals]:
     not_alert = rng.random(n) < np.clip(0.01 + 0.06 * sev**2, 0, 0.6)
     consciousness = np.where(not_alert, rng.integers(2, 6, n), 1)
     return [
-        Vitals(round(float(a), 0), round(float(b), 0), bool(c), round(float(d), 1), round(float(e), 0),
-               round(float(f), 0), int(g))
+        Vitals(
+            round(float(a), 0),
+            round(float(b), 0),
+            bool(c),
+            round(float(d), 1),
+            round(float(e), 0),
+            round(float(f), 0),
+            int(g),
+        )
         for a, b, c, d, e, f, g in zip(rr, spo2, o2, temp, sbp, hr, consciousness, strict=True)
     ]
 
@@ -41,11 +48,16 @@ def synthetic_vitals(n: int, rng: np.random.Generator) -> list[Vitals]:
 class RiskModel(nn.Module):
     """Standardise raw vitals, two hidden layers, sigmoid risk."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.net = nn.Sequential(nn.Linear(len(FEATURES), 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.net = nn.Sequential(
+            nn.Linear(len(FEATURES), 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net((x - self.mean) / self.std))
@@ -93,7 +105,7 @@ def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: in
     for _ in range(epochs):
         perm = torch.randperm(n_train)
         for start in range(0, n_train, 256):
-            idx = perm[start:start + 256]
+            idx = perm[start : start + 256]
             optimiser.zero_grad()
             loss = loss_fn(model(xt[idx]), yt[idx])
             loss.backward()
@@ -106,8 +118,12 @@ def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: in
     pred = p >= threshold
     pos = y_test.astype(bool)
     evaluation = Evaluation(
-        n_train=n_train, n_test=n_test, prevalence=float(pos.mean()), auc=auc_score(y_test, p),
-        sensitivity=float((pred & pos).sum() / pos.sum()), specificity=float((~pred & ~pos).sum() / (~pos).sum()),
+        n_train=n_train,
+        n_test=n_test,
+        prevalence=float(pos.mean()),
+        auc=auc_score(y_test, p),
+        sensitivity=float((pred & pos).sum() / pos.sum()),
+        specificity=float((~pred & ~pos).sum() / (~pos).sum()),
         threshold=threshold,
     )
     version_dir = out_dir / "1"

@@ -24,7 +24,12 @@ from services.common.graph_events import from_mutation
 from services.common.kafka import EventProducer
 from services.common.service import retry_until_done
 from services.common.telemetry import (
-    CONSUMED, GRAPH_ROWS, PROCESSING_SECONDS, configure_logging, record_lag, start_health_server,
+    CONSUMED,
+    GRAPH_ROWS,
+    PROCESSING_SECONDS,
+    configure_logging,
+    record_lag,
+    start_health_server,
 )
 from services.common.topics import GRAPH_MUTATIONS
 
@@ -34,14 +39,16 @@ log = logging.getLogger(__name__)
 
 
 def make_consumer(settings: Settings) -> Consumer:
-    return Consumer({
-        **settings.kafka_client_config(),
-        "group.id": f"medstream-{SERVICE}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "isolation.level": "read_committed",
-    })
+    return Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"medstream-{SERVICE}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.kafka_session_timeout_ms,
+            "isolation.level": "read_committed",
+        }
+    )
 
 
 async def process_batch(messages: list, graph: Graph, dead_letters: DeadLetters) -> int:  # type: ignore[type-arg]
@@ -63,8 +70,7 @@ async def process_batch(messages: list, graph: Graph, dead_letters: DeadLetters)
         rels += r
     if not nodes and not rels:
         return 0
-    written = await retry_until_done(lambda: graph.upsert(nodes, rels), "neo4j",
-                                     retry_on=(*TRANSIENT_ERRORS, OSError))
+    written = await retry_until_done(lambda: graph.upsert(nodes, rels), "neo4j", retry_on=(*TRANSIENT_ERRORS, OSError))
     GRAPH_ROWS.labels(SERVICE, "rows").inc(written)
     return written
 
@@ -90,7 +96,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             await process_batch(messages, graph, dead_letters)
             # Outputs are durable (Neo4j committed, dead letters acked): now the offsets may move.
             await asyncio.to_thread(consumer.commit, asynchronous=False)
-            PROCESSING_SECONDS.labels(SERVICE, GRAPH_MUTATIONS.name).observe((time.perf_counter() - started) / len(messages))
+            PROCESSING_SECONDS.labels(SERVICE, GRAPH_MUTATIONS.name).observe(
+                (time.perf_counter() - started) / len(messages)
+            )
             _report_lag(consumer, messages)
     finally:
         consumer.close()

@@ -9,9 +9,9 @@ from pathlib import Path
 for _dir in filter(None, os.environ.get("MEDSTREAM_TRITON_SITE_PACKAGES", "").split(os.pathsep)):
     site.addsitedir(_dir)
 
-import numpy as np
-import torch
-import triton_python_backend_utils as pb_utils
+import numpy as np  # noqa: E402  (after the site dirs above)
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
@@ -31,7 +31,7 @@ class TritonPythonModel:
             risk = self.model(torch.from_numpy(np.concatenate(arrays).astype(np.float32))).numpy()
         responses, start = [], 0
         for size in sizes:
-            out = pb_utils.Tensor("RISK", risk[start:start + size].astype(self.output_dtype))
+            out = pb_utils.Tensor("RISK", risk[start : start + size].astype(self.output_dtype))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             start += size
         return responses
