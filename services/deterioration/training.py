@@ -48,13 +48,11 @@ def synthetic_vitals(n: int, rng: np.random.Generator) -> list[Vitals]:
 class RiskModel(nn.Module):
     """Standardise raw vitals, two hidden layers, sigmoid risk."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        # Frozen parameters rather than buffers: TorchScript and mypy both see them as tensors.
+        self.mean = nn.Parameter(mean, requires_grad=False)
+        self.std = nn.Parameter(std, requires_grad=False)
         self.net = nn.Sequential(
             nn.Linear(len(FEATURES), 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
         )
@@ -89,6 +87,7 @@ def auc_score(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: int = 30, seed: int = 7) -> Evaluation:
+    """Train, evaluate on held-out synthetic data, write `1/model.pt` (TorchScript) and `evaluation.json`."""
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
