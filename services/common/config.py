@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     triton_max_concurrency: int = 16
     triton_retries: int = 4
 
+    # Wearables ingestion gateway
+    wearables_registry: Path | None = None  # vendors, token hashes, devices; default: the bundled dev registry
+    wearables_templates_dir: Path | None = None  # device mapping templates; default: the bundled ones
+    wearables_grpc_port: int = 50051
+    wearables_max_body_bytes: int = 8 * 1024 * 1024
+
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: str = "INFO"

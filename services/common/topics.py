@@ -21,11 +21,11 @@ class TopicSpec:
     compacted: bool = False
 
     def config(self) -> dict[str, str]:
-        """Topic-level Kafka configuration."""
-        conf = {"cleanup.policy": "compact" if self.compacted else "delete"}
-        if not self.compacted:
-            conf["retention.ms"] = str(self.retention_ms)
-        return conf
+        """Topic-level Kafka configuration; compacted topics also expire keys after the retention."""
+        return {
+            "cleanup.policy": "compact,delete" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+        }
 
 
 DICOM_INSTANCES = TopicSpec(
@@ -45,6 +45,13 @@ WEARABLE_SAMPLES = TopicSpec(
     key="patient_id",
     value_type="medstream.events.v1.WearableSampleBatch",
     description="Normalised wearable measurements (LOINC/UCUM) as acknowledged vendor batches.",
+)
+WEARABLE_RECEIPTS = TopicSpec(
+    "medstream.wearables.receipts.v1",
+    key="vendor_id|idempotency_key",
+    value_type="medstream.events.v1.IngestReceipt",
+    description="The gateway's answer per vendor batch, so a retried batch is not published twice.",
+    compacted=True,
 )
 VITALS_SNAPSHOTS = TopicSpec(
     "medstream.vitals.snapshots.v1",
@@ -66,6 +73,13 @@ ALERTS = TopicSpec(
     description="Actionable alerts for downstream apps to subscribe to.",
     retention_ms=30 * DAY_MS,
 )
+FHIR_WRITEBACK = TopicSpec(
+    "medstream.fhir.writeback.v1",
+    key="patient_reference",
+    value_type="medstream.events.v1.FhirResourceEvent",
+    description="FHIR R4 resources medstream derived (e.g. hourly wearable Observations) for EHR write-back.",
+    retention_ms=30 * DAY_MS,
+)
 GRAPH_MUTATIONS = TopicSpec(
     "medstream.graph.mutations.v1",
     key="patient_id",
@@ -85,9 +99,11 @@ CATALOG: tuple[TopicSpec, ...] = (
     DICOM_INSTANCES,
     FHIR_EVENTS,
     WEARABLE_SAMPLES,
+    WEARABLE_RECEIPTS,
     VITALS_SNAPSHOTS,
     FINDINGS,
     ALERTS,
+    FHIR_WRITEBACK,
     GRAPH_MUTATIONS,
     DEAD_LETTERS,
 )
@@ -108,6 +124,6 @@ def markdown_table() -> str:
     ]
     for t in CATALOG:
         parts = str(t.partitions) if t.partitions else "default"
-        keep = "compacted" if t.compacted else f"{t.retention_ms // DAY_MS} d"
+        keep = f"{t.retention_ms // DAY_MS} d" + (", compacted" if t.compacted else "")
         rows.append(f"| `{t.name}` | {t.key} | `{t.value_type}` | {parts} | {keep} | {t.description} |")
     return "\n".join(rows) + "\n"

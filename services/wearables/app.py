@@ -1,0 +1,141 @@
+"""Wearables service: normalised samples in; alerts, hourly FHIR Observations and graph updates out.
+
+    medstream.wearables.samples.v1 --> per-patient state (faust table) --> 1-min / 1-h / 7-day windows
+        --> rules (tachy/brady/desaturation/hypo/hyperglycaemia) and glycaemia_risk on Triton
+        --> medstream.alerts.v1, medstream.fhir.writeback.v1, medstream.graph.mutations.v1, dead letters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+from faust.worker import Worker
+from google.protobuf.message import Message
+from medstream.events.v1 import common_pb2, wearable_pb2
+from tritonclient.utils import InferenceServerException
+
+from services.common.config import get_settings
+from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
+from services.common.kafka import make_faust_app, record_headers
+from services.common.service import retry_until_done
+from services.common.telemetry import (
+    CONSUMED, PROCESSING_SECONDS, PRODUCED, child_traceparent, current_traceparent, logging_config, start_health_server,
+    traceparent_from_headers,
+)
+from services.common.topics import ALERTS, DEAD_LETTERS, FHIR_WRITEBACK, GRAPH_MUTATIONS, WEARABLE_SAMPLES
+from services.common.triton import CircuitOpen, TritonClient
+from services.wearables.pipeline import PatientState, ScoreRequest, StepOutput, apply_risk, step
+
+SERVICE = "wearables"
+MODEL_NAME = "glycaemia_risk"
+BATCH_MAX, BATCH_WITHIN_S = 256, 0.2
+
+settings = get_settings()
+app = make_faust_app(SERVICE, settings)
+samples_in = app.topic(WEARABLE_SAMPLES.name, key_serializer="raw", value_serializer="raw")
+topics_out = {t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
+              for t in (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS)}
+# Per-patient window, feature and episode state; recovered from its changelog topic after a restart.
+# Keys as JSON strings and values as raw bytes, so recovered entries compare equal to live ones.
+patients = app.Table("wearables-patient-state", key_serializer="json", value_serializer="raw")
+triton = TritonClient(settings.triton_grpc_url, SERVICE, timeout_s=settings.triton_timeout_s,
+                      max_concurrency=settings.triton_max_concurrency, retries=settings.triton_retries)
+
+
+async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
+    """Send and wait for every broker ack before the inputs are acknowledged."""
+    pending = [await topics_out[t].send(key=k, value=m.SerializeToString(), headers=record_headers(m))
+               for t, k, m in records]
+    await asyncio.gather(*pending)
+    for t, _, _ in records:
+        PRODUCED.labels(SERVICE, t).inc()
+
+
+async def _dead_letter_send(key: bytes | None, letter: Message) -> None:
+    await send_all([(DEAD_LETTERS.name, key, letter)])
+
+
+dead_letters = DeadLetters(SERVICE, _dead_letter_send)
+
+
+def validate(batch: wearable_pb2.WearableSampleBatch) -> list[str]:
+    problems = []
+    if not batch.samples:
+        problems.append("batch has no samples")
+    for i, s in enumerate(batch.samples):
+        if not s.patient_id or not s.metric or not s.HasField("effective_time"):
+            problems.append(f"sample {i}: patient_id, metric and effective_time are required")
+            break
+    if len({s.patient_id for s in batch.samples}) > 1:
+        problems.append("samples of more than one patient in one batch")
+    return problems
+
+
+async def score(requests: list[tuple[str, ScoreRequest]]) -> tuple[list[float], common_pb2.ModelRef]:
+    import numpy as np
+
+    x = np.array([r.glucose for _, r in requests], dtype=np.float32)
+
+    async def call() -> tuple[list[float], common_pb2.ModelRef]:
+        result = await triton.infer(MODEL_NAME, {"CGM": x}, ["RISK"])
+        return [float(v) for v in result.outputs["RISK"][:, 0]], common_pb2.ModelRef(name=MODEL_NAME,
+                                                                                      version=result.model_version)
+
+    return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
+
+
+def collect(out: StepOutput, key: bytes, records: list[tuple[str, bytes | None, Message]]) -> None:
+    records += [(ALERTS.name, key, a) for a in out.alerts]
+    records += [(FHIR_WRITEBACK.name, o.patient_reference.encode(), o) for o in out.observations]
+    records += [(GRAPH_MUTATIONS.name, key, m) for m in out.mutations]
+
+
+@app.agent(samples_in)
+async def process(stream):  # type: ignore[no-untyped-def]
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        started = time.perf_counter()
+        per_patient: dict[str, list[wearable_pb2.WearableSample]] = defaultdict(list)
+        for event in events:
+            record = SourceRecord.from_faust(event)
+            current_traceparent.set(child_traceparent(traceparent_from_headers(record.headers)))
+            CONSUMED.labels(SERVICE, record.topic).inc()
+            batch = await dead_letters.decode_or_dead_letter(record, wearable_pb2.WearableSampleBatch)
+            if batch is None:
+                continue
+            problems = validate(batch)
+            if problems:
+                await dead_letters.publish(record, VALIDATION_ERROR, "; ".join(problems))
+                continue
+            per_patient[batch.samples[0].patient_id].extend(batch.samples)
+        now = time.time()
+        records: list[tuple[str, bytes | None, Message]] = []
+        pending_scores: list[tuple[str, ScoreRequest]] = []
+        states: dict[str, PatientState] = {}
+        for patient_id, samples in per_patient.items():
+            state = PatientState.from_json(patients.get(patient_id))
+            out = step(state, patient_id, samples, now)
+            collect(out, patient_id.encode(), records)
+            pending_scores += [(patient_id, r) for r in out.score_requests]
+            states[patient_id] = state
+        if pending_scores:
+            risks, model = await score(pending_scores)
+            for (patient_id, request), risk in zip(pending_scores, risks, strict=True):
+                collect(apply_risk(states[patient_id], patient_id, request, risk, model, now), patient_id.encode(),
+                        records)
+        await send_all(records)
+        for patient_id, state in states.items():
+            patients[patient_id] = state.to_json().encode()
+        if events:
+            PROCESSING_SECONDS.labels(SERVICE, WEARABLE_SAMPLES.name).observe((time.perf_counter() - started) / len(events))
+
+
+@app.task
+async def serve_health() -> None:
+    await start_health_server(settings.http_host, settings.http_port, {"triton": lambda: triton.ready(MODEL_NAME)})
+
+
+def main() -> None:
+    Worker(app, loglevel=settings.log_level, logging_config=logging_config(SERVICE, settings.log_level),
+           redirect_stdouts=False).execute_from_commandline()
