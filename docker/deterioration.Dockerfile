@@ -16,8 +16,8 @@ RUN /opt/medstream/bin/pip install --no-cache-dir .
 COPY protos/ protos/
 # Generated code is installed into the venv's site-packages (the dev checkout uses a .pth file instead).
 RUN SITE="$(/opt/medstream/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && python -m grpc_tools.protoc -Iprotos --python_out="$SITE" --grpc_python_out="$SITE" \
-      $(find protos -name '*.proto') \
+ && find protos -name '*.proto' -exec \
+      python -m grpc_tools.protoc -Iprotos --python_out="$SITE" --grpc_python_out="$SITE" {} + \
  && /opt/medstream/bin/python -m compileall -q "$SITE/medstream"
 
 # ---- runtime: the venv only; no compilers, no pip cache, no sources

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The graph-writer service (GraphMutation consumer, sole writer to Neo4j). Build from the repository root:
-#   docker build -f docker/deterioration.Dockerfile -t medstream/graph-writer:0.1.0 .
+#   docker build -f docker/graph-writer.Dockerfile -t medstream/graph-writer:0.1.0 .
 # Runs as uid 10001 with a read-only root filesystem: only /var/lib/medstream (state) and /tmp are written.
 ARG PYTHON_VERSION=3.11.11
 
@@ -16,8 +16,8 @@ RUN /opt/medstream/bin/pip install --no-cache-dir .
 COPY protos/ protos/
 # Generated code is installed into the venv's site-packages (the dev checkout uses a .pth file instead).
 RUN SITE="$(/opt/medstream/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && python -m grpc_tools.protoc -Iprotos --python_out="$SITE" --grpc_python_out="$SITE" \
-      $(find protos -name '*.proto') \
+ && find protos -name '*.proto' -exec \
+      python -m grpc_tools.protoc -Iprotos --python_out="$SITE" --grpc_python_out="$SITE" {} + \
  && /opt/medstream/bin/python -m compileall -q "$SITE/medstream"
 
 # ---- runtime: the venv only; no compilers, no pip cache, no sources

@@ -12,8 +12,9 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff():
-    result = subprocess.run([BIN / "ruff", "check", "services", "tests", "model_repository"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [BIN / "ruff", "check", "services", "tests", "model_repository"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 

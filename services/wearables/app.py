@@ -1,8 +1,8 @@
 """Wearables service: normalised samples in; alerts, hourly FHIR Observations and graph updates out.
 
-    medstream.wearables.samples.v1 --> per-patient state (faust table) --> 1-min / 1-h / 7-day windows
-        --> rules (tachy/brady/desaturation/hypo/hyperglycaemia) and glycaemia_risk on Triton
-        --> medstream.alerts.v1, medstream.fhir.writeback.v1, medstream.graph.mutations.v1, dead letters
+medstream.wearables.samples.v1 --> per-patient state (faust table) --> 1-min / 1-h / 7-day windows
+    --> rules (tachy/brady/desaturation/hypo/hyperglycaemia) and glycaemia_risk on Triton
+    --> medstream.alerts.v1, medstream.fhir.writeback.v1, medstream.graph.mutations.v1, dead letters
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceReco
 from services.common.kafka import make_faust_app, record_headers
 from services.common.service import retry_until_done
 from services.common.telemetry import (
-    CONSUMED, PROCESSING_SECONDS, PRODUCED, child_traceparent, current_traceparent, logging_config, start_health_server,
+    CONSUMED,
+    PROCESSING_SECONDS,
+    PRODUCED,
+    child_traceparent,
+    current_traceparent,
+    logging_config,
+    start_health_server,
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FHIR_WRITEBACK, GRAPH_MUTATIONS, WEARABLE_SAMPLES
@@ -35,19 +41,27 @@ BATCH_MAX, BATCH_WITHIN_S = 256, 0.2
 settings = get_settings()
 app = make_faust_app(SERVICE, settings)
 samples_in = app.topic(WEARABLE_SAMPLES.name, key_serializer="raw", value_serializer="raw")
-topics_out = {t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
-              for t in (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS)}
+topics_out = {
+    t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
+    for t in (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS)
+}
 # Per-patient window, feature and episode state; recovered from its changelog topic after a restart.
 # Keys as JSON strings and values as raw bytes, so recovered entries compare equal to live ones.
 patients = app.Table("wearables-patient-state", key_serializer="json", value_serializer="raw")
-triton = TritonClient(settings.triton_grpc_url, SERVICE, timeout_s=settings.triton_timeout_s,
-                      max_concurrency=settings.triton_max_concurrency, retries=settings.triton_retries)
+triton = TritonClient(
+    settings.triton_grpc_url,
+    SERVICE,
+    timeout_s=settings.triton_timeout_s,
+    max_concurrency=settings.triton_max_concurrency,
+    retries=settings.triton_retries,
+)
 
 
 async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
     """Send and wait for every broker ack before the inputs are acknowledged."""
-    pending = [await topics_out[t].send(key=k, value=m.SerializeToString(), headers=record_headers(m))
-               for t, k, m in records]
+    pending = [
+        await topics_out[t].send(key=k, value=m.SerializeToString(), headers=record_headers(m)) for t, k, m in records
+    ]
     await asyncio.gather(*pending)
     for t, _, _ in records:
         PRODUCED.labels(SERVICE, t).inc()
@@ -80,8 +94,9 @@ async def score(requests: list[tuple[str, ScoreRequest]]) -> tuple[list[float], 
 
     async def call() -> tuple[list[float], common_pb2.ModelRef]:
         result = await triton.infer(MODEL_NAME, {"CGM": x}, ["RISK"])
-        return [float(v) for v in result.outputs["RISK"][:, 0]], common_pb2.ModelRef(name=MODEL_NAME,
-                                                                                      version=result.model_version)
+        return [float(v) for v in result.outputs["RISK"][:, 0]], common_pb2.ModelRef(
+            name=MODEL_NAME, version=result.model_version
+        )
 
     return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
 
@@ -122,13 +137,16 @@ async def process(stream):  # type: ignore[no-untyped-def]
         if pending_scores:
             risks, model = await score(pending_scores)
             for (patient_id, request), risk in zip(pending_scores, risks, strict=True):
-                collect(apply_risk(states[patient_id], patient_id, request, risk, model, now), patient_id.encode(),
-                        records)
+                collect(
+                    apply_risk(states[patient_id], patient_id, request, risk, model, now), patient_id.encode(), records
+                )
         await send_all(records)
         for patient_id, state in states.items():
             patients[patient_id] = state.to_json().encode()
         if events:
-            PROCESSING_SECONDS.labels(SERVICE, WEARABLE_SAMPLES.name).observe((time.perf_counter() - started) / len(events))
+            PROCESSING_SECONDS.labels(SERVICE, WEARABLE_SAMPLES.name).observe(
+                (time.perf_counter() - started) / len(events)
+            )
 
 
 @app.task
@@ -137,5 +155,9 @@ async def serve_health() -> None:
 
 
 def main() -> None:
-    Worker(app, loglevel=settings.log_level, logging_config=logging_config(SERVICE, settings.log_level),
-           redirect_stdouts=False).execute_from_commandline()
+    Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(SERVICE, settings.log_level),
+        redirect_stdouts=False,
+    ).execute_from_commandline()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 from services.wearables.windows import HourWindow, Minute
 
@@ -81,5 +82,5 @@ def mage(readings: Sequence[float], sd: float | None = None) -> float:
             turns.append(values[i])
     turns.append(values[-1])
     # swings between consecutive turning points, both directions, that exceed 1 SD
-    amplitudes = [abs(b - a) for a, b in zip(turns, turns[1:], strict=False) if abs(b - a) > sd]
+    amplitudes = [abs(b - a) for a, b in pairwise(turns) if abs(b - a) > sd]
     return sum(amplitudes) / len(amplitudes) if amplitudes else 0.0

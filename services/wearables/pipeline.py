@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,9 +26,17 @@ CGM_STEP_S = 5 * MINUTE
 RISK_WINDOW = 24  # readings the glycaemia model reads (2 h at 5 min)
 RISK_THRESHOLD = 0.5
 MODEL_RULE = Rule(
-    "glycaemia-risk-model", "hypoglycaemia-risk", "glucose", "model risk of hypoglycaemia within 60 min >= 0.5",
-    lambda v: v >= RISK_THRESHOLD, 0, 6 * 3600, finding_pb2.SEVERITY_MEDIUM, finding_pb2.SEVERITY_HIGH,
-    max_gap_s=11 * 60, suppress_s=60 * 60,
+    "glycaemia-risk-model",
+    "hypoglycaemia-risk",
+    "glucose",
+    "model risk of hypoglycaemia within 60 min >= 0.5",
+    lambda v: v >= RISK_THRESHOLD,
+    0,
+    6 * 3600,
+    finding_pb2.SEVERITY_MEDIUM,
+    finding_pb2.SEVERITY_HIGH,
+    max_gap_s=11 * 60,
+    suppress_s=60 * 60,
 )
 
 
@@ -38,16 +47,24 @@ class PatientState:
     scored: list[float] = field(default_factory=list)  # CGM reading times already scored (bounded)
 
     def to_json(self) -> str:
-        return json.dumps({"metrics": {k: v.to_dict() for k, v in self.metrics.items()}, "book": self.book.to_dict(),
-                           "scored": self.scored[-50:]})
+        return json.dumps(
+            {
+                "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+                "book": self.book.to_dict(),
+                "scored": self.scored[-50:],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> PatientState:
         if not text:
             return cls()
         d = json.loads(text)
-        return cls({k: MetricWindows.from_dict(v) for k, v in d["metrics"].items()},
-                   EpisodeBook.from_dict(d["book"]), d.get("scored", []))
+        return cls(
+            {k: MetricWindows.from_dict(v) for k, v in d["metrics"].items()},
+            EpisodeBook.from_dict(d["book"]),
+            d.get("scored", []),
+        )
 
 
 @dataclass
@@ -76,58 +93,95 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def to_alert(patient_id: str, raised: RaisedAlert, now: float, model: common_pb2.ModelRef | None = None) -> alert_pb2.Alert:
+def to_alert(
+    patient_id: str, raised: RaisedAlert, now: float, model: common_pb2.ModelRef | None = None
+) -> alert_pb2.Alert:
     rule = raised.rule
     escalated = " (escalated: still ongoing)" if raised.level == 2 else ""
     return alert_pb2.Alert(
-        alert_id=raised.alert_id, patient_id=patient_id, kind=rule.kind, severity=raised.severity,  # type: ignore[arg-type]
+        alert_id=raised.alert_id,
+        patient_id=patient_id,
+        kind=rule.kind,
+        severity=raised.severity,  # type: ignore[arg-type]
         summary=f"{rule.description}{escalated}; latest {raised.value:.3g}",
-        raised_at=_ts(now), window_start=_ts(raised.episode_start), window_end=_ts(raised.window_end),
-        rule_id=rule.rule_id, model=model,
+        raised_at=_ts(now),
+        window_start=_ts(raised.episode_start),
+        window_end=_ts(raised.window_end),
+        rule_id=rule.rule_id,
+        model=model,
     )
 
 
 def alert_mutation(patient_id: str, alert: alert_pb2.Alert) -> graph_pb2.GraphMutation:
-    node = Node("Alert", alert.alert_id, {
-        "kind": alert.kind, "severity": finding_pb2.Severity.Name(alert.severity), "rule_id": alert.rule_id,
-        "window_start": alert.window_start.ToJsonString(), "raised_at": alert.raised_at.ToJsonString(),
-    })
+    node = Node(
+        "Alert",
+        alert.alert_id,
+        {
+            "kind": alert.kind,
+            "severity": finding_pb2.Severity.Name(alert.severity),
+            "rule_id": alert.rule_id,
+            "window_start": alert.window_start.ToJsonString(),
+            "raised_at": alert.raised_at.ToJsonString(),
+        },
+    )
     return to_mutation(alert.alert_id, relationships=[Relationship(Node("Patient", patient_id), "HAS_ALERT", node)])
 
 
-def hourly_observation(patient_id: str, metric: str, window: HourWindow, summary: dict[str, float],
-                       extra: dict[str, float] | None = None) -> dict[str, Any]:
+def hourly_observation(
+    patient_id: str, metric: str, window: HourWindow, summary: dict[str, float], extra: dict[str, float] | None = None
+) -> dict[str, Any]:
     """A FHIR R4 Observation for one hourly aggregate (mean as the value, min/max/sd/extras as components)."""
     spec = METRICS[metric]
     obs_id = str(uuid.uuid5(_NAMESPACE, f"{patient_id}|{metric}|{window.start}"))
     ucum = "http://unitsofmeasure.org"
     components = [
-        {"code": {"text": name}, "valueQuantity": {"value": round(value, 4), "unit": spec.unit, "system": ucum,
-                                                    "code": spec.unit}}
-        for name, value in (("minimum", summary["min"]), ("maximum", summary["max"]), ("standard deviation", summary["sd"]))
+        {
+            "code": {"text": name},
+            "valueQuantity": {"value": round(value, 4), "unit": spec.unit, "system": ucum, "code": spec.unit},
+        }
+        for name, value in (
+            ("minimum", summary["min"]),
+            ("maximum", summary["max"]),
+            ("standard deviation", summary["sd"]),
+        )
     ]
-    components += [{"code": {"text": name}, "valueQuantity": {"value": round(value, 4)}}
-                   for name, value in (extra or {}).items()]
+    components += [
+        {"code": {"text": name}, "valueQuantity": {"value": round(value, 4)}} for name, value in (extra or {}).items()
+    ]
     return {
         "resourceType": "Observation",
         "id": obs_id,
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "vital-signs" if metric != "glucose" else "laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs" if metric != "glucose" else "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": spec.system, "code": spec.code, "display": spec.display}], "text": spec.display},
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectivePeriod": {"start": _iso(window.start), "end": _iso(window.end)},
         "valueQuantity": {"value": round(summary["mean"], 4), "unit": spec.unit, "system": ucum, "code": spec.unit},
-        "method": {"text": f"1-hour mean of {int(summary['n'])} wearable samples over {int(summary['minutes'])} minutes"},
+        "method": {
+            "text": f"1-hour mean of {int(summary['n'])} wearable samples over {int(summary['minutes'])} minutes"
+        },
         "component": components,
     }
 
 
 def observation_event(patient_id: str, resource: dict[str, Any], now: float) -> fhir_pb2.FhirResourceEvent:
     return fhir_pb2.FhirResourceEvent(
-        event_id=resource["id"], resource_type="Observation", resource_id=resource["id"],
-        patient_reference=f"Patient/{patient_id}", operation=fhir_pb2.FHIR_OPERATION_CREATE,
-        resource_json=json.dumps(resource, separators=(",", ":")).encode(), received_at=_ts(now),
+        event_id=resource["id"],
+        resource_type="Observation",
+        resource_id=resource["id"],
+        patient_reference=f"Patient/{patient_id}",
+        operation=fhir_pb2.FHIR_OPERATION_CREATE,
+        resource_json=json.dumps(resource, separators=(",", ":")).encode(),
+        received_at=_ts(now),
     )
 
 
@@ -141,7 +195,9 @@ def _hour_extras(metric: str, window: HourWindow) -> dict[str, float]:
     return {}
 
 
-def step(state: PatientState, patient_id: str, samples: Iterable[wearable_pb2.WearableSample], now: float) -> StepOutput:
+def step(
+    state: PatientState, patient_id: str, samples: Iterable[wearable_pb2.WearableSample], now: float
+) -> StepOutput:
     out = StepOutput()
     by_metric: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in samples:
@@ -173,7 +229,9 @@ def step(state: PatientState, patient_id: str, samples: Iterable[wearable_pb2.We
             out.score_requests += _score_requests(state, windows, advance.new_glucose)
     if summary_props:
         summary_props["wearables_updated_at"] = _iso(now)
-        out.mutations.append(to_mutation(f"{patient_id}|summary|{now}", nodes=[Node("Patient", patient_id, summary_props)]))
+        out.mutations.append(
+            to_mutation(f"{patient_id}|summary|{now}", nodes=[Node("Patient", patient_id, summary_props)])
+        )
     return out
 
 
@@ -188,7 +246,7 @@ def _score_requests(state: PatientState, windows: MetricWindows, new: list[tuple
         if len(history) < RISK_WINDOW:
             continue
         series = history[-RISK_WINDOW:]
-        gaps = [b - a for a, b in zip(series, series[1:], strict=False)]
+        gaps = [b - a for a, b in pairwise(series)]
         if max(gaps) > 1.5 * CGM_STEP_S:
             continue
         requests.append(ScoreRequest(t, [windows.glucose[x] for x in series]))
@@ -196,15 +254,19 @@ def _score_requests(state: PatientState, windows: MetricWindows, new: list[tuple
     return requests
 
 
-def apply_risk(state: PatientState, patient_id: str, request: ScoreRequest, risk: float, model: common_pb2.ModelRef,
-               now: float) -> StepOutput:
+def apply_risk(
+    state: PatientState, patient_id: str, request: ScoreRequest, risk: float, model: common_pb2.ModelRef, now: float
+) -> StepOutput:
     """Model result for one CGM window: a model-driven episode (one alert per episode, escalation)."""
     out = StepOutput()
     for raised in observe(state.book, MODEL_RULE, patient_id, request.time, risk, span_s=CGM_STEP_S):
         alert = to_alert(patient_id, raised, now, model)
         out.alerts.append(alert)
         out.mutations.append(alert_mutation(patient_id, alert))
-    props = {"hypoglycaemia_risk": round(risk, 4), "hypoglycaemia_risk_model": f"{model.name}:{model.version}",
-             "hypoglycaemia_risk_at": _iso(request.time)}
+    props = {
+        "hypoglycaemia_risk": round(risk, 4),
+        "hypoglycaemia_risk_model": f"{model.name}:{model.version}",
+        "hypoglycaemia_risk_at": _iso(request.time),
+    }
     out.mutations.append(to_mutation(f"{patient_id}|risk|{request.time}", nodes=[Node("Patient", patient_id, props)]))
     return out

@@ -36,19 +36,64 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("tachycardia-v1", "tachycardia", "heart_rate", "heart rate > 120/min for 10 min",
-         lambda v: v > 120, 10 * 60, 30 * 60, finding_pb2.SEVERITY_MEDIUM, finding_pb2.SEVERITY_HIGH),
-    Rule("bradycardia-v1", "bradycardia", "heart_rate", "heart rate < 40/min for 5 min",
-         lambda v: v < 40, 5 * 60, 15 * 60, finding_pb2.SEVERITY_HIGH, finding_pb2.SEVERITY_CRITICAL),
-    Rule("desaturation-v1", "desaturation", "oxygen_saturation", "SpO2 < 90% for 2 min",
-         lambda v: v < 90, 2 * 60, 10 * 60, finding_pb2.SEVERITY_HIGH, finding_pb2.SEVERITY_CRITICAL),
+    Rule(
+        "tachycardia-v1",
+        "tachycardia",
+        "heart_rate",
+        "heart rate > 120/min for 10 min",
+        lambda v: v > 120,
+        10 * 60,
+        30 * 60,
+        finding_pb2.SEVERITY_MEDIUM,
+        finding_pb2.SEVERITY_HIGH,
+    ),
+    Rule(
+        "bradycardia-v1",
+        "bradycardia",
+        "heart_rate",
+        "heart rate < 40/min for 5 min",
+        lambda v: v < 40,
+        5 * 60,
+        15 * 60,
+        finding_pb2.SEVERITY_HIGH,
+        finding_pb2.SEVERITY_CRITICAL,
+    ),
+    Rule(
+        "desaturation-v1",
+        "desaturation",
+        "oxygen_saturation",
+        "SpO2 < 90% for 2 min",
+        lambda v: v < 90,
+        2 * 60,
+        10 * 60,
+        finding_pb2.SEVERITY_HIGH,
+        finding_pb2.SEVERITY_CRITICAL,
+    ),
     # CGM reads every 5 minutes: 3 consecutive readings span 10-15 minutes; gaps up to 11 min keep the run.
-    Rule("hypoglycaemia-v1", "hypoglycaemia", "glucose", "glucose < 70 mg/dL for 15 min (3 readings)",
-         lambda v: v < 70, 10 * 60, 30 * 60, finding_pb2.SEVERITY_HIGH, finding_pb2.SEVERITY_CRITICAL,
-         max_gap_s=11 * 60),
-    Rule("hyperglycaemia-v1", "hyperglycaemia", "glucose", "glucose > 250 mg/dL for 2 h",
-         lambda v: v > 250, 2 * 3600, 4 * 3600, finding_pb2.SEVERITY_MEDIUM, finding_pb2.SEVERITY_HIGH,
-         max_gap_s=11 * 60),
+    Rule(
+        "hypoglycaemia-v1",
+        "hypoglycaemia",
+        "glucose",
+        "glucose < 70 mg/dL for 15 min (3 readings)",
+        lambda v: v < 70,
+        10 * 60,
+        30 * 60,
+        finding_pb2.SEVERITY_HIGH,
+        finding_pb2.SEVERITY_CRITICAL,
+        max_gap_s=11 * 60,
+    ),
+    Rule(
+        "hyperglycaemia-v1",
+        "hyperglycaemia",
+        "glucose",
+        "glucose > 250 mg/dL for 2 h",
+        lambda v: v > 250,
+        2 * 3600,
+        4 * 3600,
+        finding_pb2.SEVERITY_MEDIUM,
+        finding_pb2.SEVERITY_HIGH,
+        max_gap_s=11 * 60,
+    ),
 )
 RULES_BY_METRIC: dict[str, tuple[Rule, ...]] = {}
 for _rule in RULES:
@@ -93,8 +138,9 @@ def alert_id(patient_id: str, rule_id: str, episode_start: float, level: int) ->
     return str(uuid.uuid5(_NAMESPACE, f"{patient_id}|{rule_id}|{episode_start:.0f}|{level}"))
 
 
-def observe(book: EpisodeBook, rule: Rule, patient_id: str, t: float, value: float,
-            span_s: float = 60.0) -> list[RaisedAlert]:
+def observe(
+    book: EpisodeBook, rule: Rule, patient_id: str, t: float, value: float, span_s: float = 60.0
+) -> list[RaisedAlert]:
     """Feed one window (start time t, covering span_s seconds) in time order; return alerts to raise."""
     ep = book.episodes.setdefault(rule.rule_id, Episode())
     active = ep.start >= 0 and ep.ended_at < 0
@@ -115,10 +161,22 @@ def observe(book: EpisodeBook, rule: Rule, patient_id: str, t: float, value: flo
     raised = []
     if ep.level == 0 and duration >= rule.duration_s:
         ep.level = 1
-        raised.append(RaisedAlert(alert_id(patient_id, rule.rule_id, ep.start, 1), rule, rule.severity, ep.start,
-                                  t + span_s, 1, value))
+        raised.append(
+            RaisedAlert(
+                alert_id(patient_id, rule.rule_id, ep.start, 1), rule, rule.severity, ep.start, t + span_s, 1, value
+            )
+        )
     if ep.level == 1 and duration >= rule.escalate_after_s:
         ep.level = 2
-        raised.append(RaisedAlert(alert_id(patient_id, rule.rule_id, ep.start, 2), rule, rule.escalated_severity,
-                                  ep.start, t + span_s, 2, value))
+        raised.append(
+            RaisedAlert(
+                alert_id(patient_id, rule.rule_id, ep.start, 2),
+                rule,
+                rule.escalated_severity,
+                ep.start,
+                t + span_s,
+                2,
+                value,
+            )
+        )
     return raised

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 MINUTE = 60
@@ -96,12 +97,16 @@ def aggregate(start: int, samples: dict[float, float], previous_last: float) -> 
     mean = sum(values) / n
     m2 = sum((v - mean) ** 2 for v in values)
     chain = ([previous_last] if not math.isnan(previous_last) else []) + values
-    diffs = [(b - a) ** 2 for a, b in zip(chain, chain[1:], strict=False)]
+    diffs = [(b - a) ** 2 for a, b in pairwise(chain)]
     return Minute(start, n, mean, min(values), max(values), m2, sum(diffs), len(diffs), values[-1])
 
 
-def add_samples(state: MetricWindows, samples: Iterable[tuple[float, float]], is_glucose: bool = False,
-                lateness: int = ALLOWED_LATENESS) -> Advance:
+def add_samples(
+    state: MetricWindows,
+    samples: Iterable[tuple[float, float]],
+    is_glucose: bool = False,
+    lateness: int = ALLOWED_LATENESS,
+) -> Advance:
     """Fold samples (epoch seconds, value) into the state; return what closed."""
     out = Advance()
     for t, v in samples:

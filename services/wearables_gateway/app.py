@@ -1,8 +1,8 @@
 """Wearables ingestion gateway: vendors stream readings over gRPC or POST JSON batches over HTTP.
 
-    vendor --(Bearer token)--> template mapping + validation --> medstream.wearables.samples.v1 (acks=all)
-                                                              --> medstream.wearables.receipts.v1
-    answer per batch: accepted count + a reason for every rejected value; sent only once Kafka has it all.
+vendor --(Bearer token)--> template mapping + validation --> medstream.wearables.samples.v1 (acks=all)
+                                                          --> medstream.wearables.receipts.v1
+answer per batch: accepted count + a reason for every rejected value; sent only once Kafka has it all.
 """
 
 from __future__ import annotations
@@ -61,9 +61,14 @@ class Result:
 
     def as_proto(self) -> wearables_pb2.BatchResult:
         return wearables_pb2.BatchResult(
-            idempotency_key=self.idempotency_key, accepted=self.accepted, duplicate=self.duplicate, error=self.error,
-            rejections=[wearables_pb2.SampleRejection(reading_index=r.index, field=r.field, reason=r.reason)
-                        for r in self.rejections],
+            idempotency_key=self.idempotency_key,
+            accepted=self.accepted,
+            duplicate=self.duplicate,
+            error=self.error,
+            rejections=[
+                wearables_pb2.SampleRejection(reading_index=r.index, field=r.field, reason=r.reason)
+                for r in self.rejections
+            ],
         )
 
 
@@ -74,8 +79,9 @@ class Unavailable(RuntimeError):
 class Gateway:
     """Shared by both transports: idempotency, mapping, validation and durable publishing."""
 
-    def __init__(self, settings: Settings, registry: Registry, templates: Mapping[str, Template],
-                 producer: EventProducer) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, templates: Mapping[str, Template], producer: EventProducer
+    ) -> None:
         self.settings, self.registry, self.templates, self.producer = settings, registry, templates, producer
         self.receipts: dict[str, wearable_pb2.IngestReceipt] = {}
         # Striped locks: two concurrent retries of one batch are serialised, memory stays bounded.
@@ -87,8 +93,9 @@ class Gateway:
             self.receipts[f"{receipt.vendor_id}|{receipt.idempotency_key}"] = receipt
         return len(self.receipts)
 
-    async def ingest(self, vendor: Vendor, idempotency_key: str, device_type: str,
-                     readings: Sequence[Mapping[str, Any]]) -> Result:
+    async def ingest(
+        self, vendor: Vendor, idempotency_key: str, device_type: str, readings: Sequence[Mapping[str, Any]]
+    ) -> Result:
         if not idempotency_key or len(idempotency_key) > 200:
             return Result(idempotency_key, error="idempotency_key is required (at most 200 characters)")
         key = f"{vendor.vendor_id}|{idempotency_key}"
@@ -99,8 +106,9 @@ class Gateway:
                 if earlier.content_sha256 != digest:
                     return Result(idempotency_key, error="idempotency_key was used for a different batch")
                 # Same batch again: recompute the same answer (as of the first receipt), publish nothing.
-                outcome = process(vendor, device_type, readings, self.templates, idempotency_key,
-                                  earlier.received_at.ToDatetime(UTC))
+                outcome = process(
+                    vendor, device_type, readings, self.templates, idempotency_key, earlier.received_at.ToDatetime(UTC)
+                )
                 return Result(idempotency_key, outcome.accepted, outcome.rejections, duplicate=True)
             now = datetime.now(UTC)
             outcome = process(vendor, device_type, readings, self.templates, idempotency_key, now)
@@ -109,18 +117,28 @@ class Gateway:
             await self._publish(key, vendor, idempotency_key, digest, outcome, now)
             return Result(idempotency_key, outcome.accepted, outcome.rejections)
 
-    async def _publish(self, key: str, vendor: Vendor, idempotency_key: str, digest: str, outcome: BatchOutcome,
-                       now: datetime) -> None:
+    async def _publish(
+        self, key: str, vendor: Vendor, idempotency_key: str, digest: str, outcome: BatchOutcome, now: datetime
+    ) -> None:
         received = Timestamp()
         received.FromDatetime(now)
-        receipt = wearable_pb2.IngestReceipt(vendor_id=vendor.vendor_id, idempotency_key=idempotency_key,
-                                             accepted=outcome.accepted, rejected=len(outcome.rejections),
-                                             received_at=received, content_sha256=digest)
+        receipt = wearable_pb2.IngestReceipt(
+            vendor_id=vendor.vendor_id,
+            idempotency_key=idempotency_key,
+            accepted=outcome.accepted,
+            rejected=len(outcome.rejections),
+            received_at=received,
+            content_sha256=digest,
+        )
         try:
             # Samples first, receipt second: a crash in between means a retry republishes the samples, which
             # the wearables service deduplicates by (device, metric, time); never a lost sample.
-            await asyncio.gather(*(self.producer.send(WEARABLE_SAMPLES.name, b.samples[0].patient_id.encode(), b)
-                                   for b in outcome.batches))
+            await asyncio.gather(
+                *(
+                    self.producer.send(WEARABLE_SAMPLES.name, b.samples[0].patient_id.encode(), b)
+                    for b in outcome.batches
+                )
+            )
             await self.producer.send(WEARABLE_RECEIPTS.name, key.encode(), receipt)
         except KafkaException as exc:
             raise Unavailable(str(exc)) from exc
@@ -143,8 +161,9 @@ def http_app(gateway: Gateway, settings: Settings) -> web.Application:
         vendor = gateway.registry.authenticate(request.headers.get("Authorization"))
         if vendor is None:
             BATCHES.labels(SERVICE, "http", "unauthenticated").inc()
-            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            return web.json_response(
+                {"error": "missing or invalid bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         if request.content_type != "application/json":
             return web.json_response({"error": "Content-Type must be application/json"}, status=415)
         try:
@@ -160,8 +179,9 @@ def http_app(gateway: Gateway, settings: Settings) -> web.Application:
             result = await gateway.ingest(vendor, key, str(body.get("device_type", "")), body["readings"])
         except Unavailable:
             BATCHES.labels(SERVICE, "http", "unavailable").inc()
-            return web.json_response({"error": "storage unavailable, retry the same batch"}, status=503,
-                                     headers={"Retry-After": "5"})
+            return web.json_response(
+                {"error": "storage unavailable, retry the same batch"}, status=503, headers={"Retry-After": "5"}
+            )
         BATCHES.labels(SERVICE, "http", "error" if result.error else "ok").inc()
         return web.json_response(result.as_json(), status=422 if result.error else 200)
 
@@ -176,12 +196,13 @@ class IngestServicer(wearables_pb2_grpc.WearableIngestServiceServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def StreamBatches(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def StreamBatches(self, request_iterator, context):  # type: ignore[no-untyped-def]
         metadata = dict(context.invocation_metadata() or ())
         vendor = self.gateway.registry.authenticate(metadata.get("authorization"))
         if vendor is None:
             BATCHES.labels(SERVICE, "grpc", "unauthenticated").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            return None  # abort raises; this keeps the type checker informed
         results = []
         async for request in request_iterator:
             readings = [json_format.MessageToDict(r) for r in request.readings]
@@ -200,7 +221,9 @@ class IngestServicer(wearables_pb2_grpc.WearableIngestServiceServicer):
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     registry = load_registry(settings.wearables_registry or DEV_REGISTRY)
-    templates = load_templates(settings.wearables_templates_dir) if settings.wearables_templates_dir else load_templates()
+    templates = (
+        load_templates(settings.wearables_templates_dir) if settings.wearables_templates_dir else load_templates()
+    )
     producer = EventProducer(settings, SERVICE, **{"message.timeout.ms": 30_000})
     gateway = Gateway(settings, registry, templates, producer)
     loaded = await asyncio.to_thread(gateway.load_receipts)

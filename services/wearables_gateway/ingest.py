@@ -88,7 +88,7 @@ def process(
                 break
             problem = check(m, now, limits)
             if problem:
-                field_name = next(f.field for f in template.mappings if f.metric == m.metric)
+                field_name = next(f.source for f in template.mappings if f.metric == m.metric)
                 outcome.rejections.append(Rejection(index, field_name, problem))
                 continue
             spec = METRICS[m.metric]
@@ -96,11 +96,17 @@ def process(
             effective.FromDatetime(m.time)
             per_patient[patient_id].append(
                 wearable_pb2.WearableSample(
-                    device_id=m.device_id, patient_id=patient_id, loinc_code=spec.code, value=m.value, unit=spec.unit,
-                    effective_time=effective, metric=m.metric, code_system="" if spec.system == LOINC else spec.system,
+                    device_id=m.device_id,
+                    patient_id=patient_id,
+                    loinc_code=spec.code,
+                    value=m.value,
+                    unit=spec.unit,
+                    effective_time=effective,
+                    metric=m.metric,
+                    code_system="" if spec.system == LOINC else spec.system,
                 )
             )
-    for patient_id, samples in sorted(per_patient.items()):
+    for _, samples in sorted(per_patient.items()):
         outcome.batches.append(
             wearable_pb2.WearableSampleBatch(
                 vendor_id=vendor.vendor_id, idempotency_key=idempotency_key, samples=samples, received_at=received

@@ -32,7 +32,7 @@ CONVERSIONS: dict[str, Callable[[float], float]] = {
 @dataclass(frozen=True, slots=True)
 class FieldMapping:
     metric: str
-    field: str
+    source: str  # the vendor's field name
     convert: str = "identity"
     # A list field holds consecutive values (e.g. RR intervals); each gets time + cumulative offset.
     series: bool = False
@@ -72,7 +72,7 @@ def parse_template(doc: Mapping[str, Any]) -> Template:
         mappings = tuple(
             FieldMapping(
                 metric=m["metric"],
-                field=m["field"],
+                source=m["field"],
                 convert=m.get("convert", "identity"),
                 series=bool(m.get("series", False)),
                 categories={str(k): float(v) for k, v in (m.get("categories") or {}).items()},
@@ -134,22 +134,22 @@ def apply(template: Template, reading: Mapping[str, Any], index: int) -> tuple[l
     out: list[Measurement] = []
     rejections: list[Rejection] = []
     for m in template.mappings:
-        if m.field not in reading or reading[m.field] is None:
+        if m.source not in reading or reading[m.source] is None:
             continue  # a reading carries only the fields the device measured this time
-        raw = reading[m.field]
+        raw = reading[m.source]
         values = raw if m.series else [raw]
         if not isinstance(values, list):
-            rejections.append(Rejection(index, m.field, "expected a list"))
+            rejections.append(Rejection(index, m.source, "expected a list"))
             continue
         offset_ms = 0.0
         for raw_value in values:
             if m.categories:
                 if str(raw_value) not in m.categories:
-                    rejections.append(Rejection(index, m.field, f"unknown category {str(raw_value)[:40]!r}"))
+                    rejections.append(Rejection(index, m.source, f"unknown category {str(raw_value)[:40]!r}"))
                     continue
                 value = m.categories[str(raw_value)]
             elif isinstance(raw_value, bool) or not isinstance(raw_value, int | float):
-                rejections.append(Rejection(index, m.field, "not a number"))
+                rejections.append(Rejection(index, m.source, "not a number"))
                 continue
             else:
                 value = CONVERSIONS[m.convert](float(raw_value))
