@@ -1,0 +1,185 @@
+{{/* Names and labels. */}}
+{{- define "medstream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "medstream.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<component>"; call with (dict "root" $ "component" "deterioration"). */}}
+{{- define "medstream.componentName" -}}
+{{- printf "%s-%s" (include "medstream.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "medstream.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "medstream.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "medstream.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{ include "medstream.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: medstream
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Chart-wide labels (no component), for ServiceMonitors, rules and the dashboard. */}}
+{{- define "medstream.chartLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "medstream.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: medstream
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A service's values: serviceDefaults overlaid with services.<name>. */}}
+{{- define "medstream.serviceValues" -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.serviceDefaults) (deepCopy .svc)) }}
+{{- end }}
+
+{{- define "medstream.image" -}}
+{{- $registry := .image.registry | default "" }}
+{{- $ref := printf "%s:%s" .repository (.image.tag | default .root.Chart.AppVersion) }}
+{{- if $registry }}{{ printf "%s/%s" $registry $ref }}{{ else }}{{ $ref }}{{ end }}
+{{- end }}
+
+{{- define "medstream.tritonGrpcUrl" -}}
+{{- if .Values.triton.enabled }}
+{{- printf "%s:8001" (include "medstream.componentName" (dict "root" . "component" "triton")) }}
+{{- else }}
+{{- required "triton.externalGrpcUrl is required when triton.enabled is false" .Values.triton.externalGrpcUrl }}
+{{- end }}
+{{- end }}
+
+{{- define "medstream.kafkaSasl" -}}
+{{- hasPrefix "SASL" .Values.kafka.securityProtocol }}
+{{- end }}
+
+{{- define "medstream.kafkaTls" -}}
+{{- has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+{{- end }}
+
+{{- define "medstream.kafkaTlsDir" -}}/etc/medstream/kafka-tls{{- end }}
+
+{{/*
+Non-secret MEDSTREAM_* settings of one service (services/common/config.py), as a ConfigMap's data.
+Call with (dict "root" $ "name" "deterioration" "s" <merged service values>).
+*/}}
+{{- define "medstream.serviceConfig" -}}
+{{- $v := .root.Values }}
+{{- $uses := .s.uses | default list }}
+MEDSTREAM_HTTP_HOST: "0.0.0.0"
+MEDSTREAM_HTTP_PORT: {{ .s.httpPort | quote }}
+MEDSTREAM_STATE_DIR: /var/lib/medstream
+MEDSTREAM_LOG_LEVEL: {{ $v.logLevel | quote }}
+{{- if has "kafka" $uses }}
+{{- $protocol := $v.kafka.securityProtocol }}
+{{- if not (has $protocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) }}
+{{- fail (printf "kafka.securityProtocol %q is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL" $protocol) }}
+{{- end }}
+MEDSTREAM_KAFKA_BOOTSTRAP_SERVERS: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
+MEDSTREAM_KAFKA_SECURITY_PROTOCOL: {{ $protocol | quote }}
+MEDSTREAM_KAFKA_TOPIC_PARTITIONS: {{ $v.kafka.topicPartitions | quote }}
+MEDSTREAM_KAFKA_REPLICATION_FACTOR: {{ $v.kafka.replicationFactor | quote }}
+MEDSTREAM_KAFKA_SESSION_TIMEOUT_MS: {{ $v.kafka.sessionTimeoutMs | quote }}
+{{- if eq (include "medstream.kafkaSasl" .root) "true" }}
+MEDSTREAM_KAFKA_SASL_MECHANISM: {{ $v.kafka.sasl.mechanism | quote }}
+{{- if not $v.kafka.sasl.usernameKey }}
+MEDSTREAM_KAFKA_SASL_USERNAME: {{ required "kafka.sasl.username (or kafka.sasl.usernameKey) is required with SASL" $v.kafka.sasl.username | quote }}
+{{- end }}
+{{- end }}
+{{- if eq (include "medstream.kafkaTls" .root) "true" }}
+{{- if $v.kafka.tls.caSecret }}
+MEDSTREAM_KAFKA_SSL_CAFILE: {{ printf "%s/ca.crt" (include "medstream.kafkaTlsDir" .root) }}
+{{- end }}
+{{- if $v.kafka.tls.clientSecret }}
+MEDSTREAM_KAFKA_SSL_CERTFILE: {{ printf "%s/client.crt" (include "medstream.kafkaTlsDir" .root) }}
+MEDSTREAM_KAFKA_SSL_KEYFILE: {{ printf "%s/client.key" (include "medstream.kafkaTlsDir" .root) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if has "triton" $uses }}
+MEDSTREAM_TRITON_GRPC_URL: {{ include "medstream.tritonGrpcUrl" .root | quote }}
+{{- end }}
+{{- if has "neo4j" $uses }}
+MEDSTREAM_NEO4J_URI: {{ required "neo4j.uri is required" $v.neo4j.uri | quote }}
+MEDSTREAM_NEO4J_USER: {{ $v.neo4j.user | quote }}
+MEDSTREAM_NEO4J_DATABASE: {{ $v.neo4j.database | quote }}
+{{- end }}
+{{- range $key, $value := .s.env }}
+{{- if not (hasPrefix "MEDSTREAM_" $key) }}
+{{- fail (printf "services env %q: only MEDSTREAM_* settings are read by the services" $key) }}
+{{- end }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Settings that come from existing Secrets, as container env entries. */}}
+{{- define "medstream.serviceSecretEnv" -}}
+{{- $v := .root.Values }}
+{{- $uses := .s.uses | default list }}
+{{- if and (has "kafka" $uses) (eq (include "medstream.kafkaSasl" .root) "true") }}
+{{- $secret := required "kafka.sasl.existingSecret is required with SASL" $v.kafka.sasl.existingSecret }}
+{{- if $v.kafka.sasl.usernameKey }}
+- name: MEDSTREAM_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ $secret | quote }}, key: {{ $v.kafka.sasl.usernameKey | quote }}}
+{{- end }}
+- name: MEDSTREAM_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret | quote }}, key: {{ $v.kafka.sasl.passwordKey | quote }}}
+{{- end }}
+{{- if and (has "neo4j" $uses) $v.neo4j.existingSecret }}
+- name: MEDSTREAM_NEO4J_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $v.neo4j.existingSecret | quote }}, key: {{ $v.neo4j.passwordKey | quote }}}
+{{- end }}
+{{- end }}
+
+{{/* True when a service mounts Kafka TLS material. */}}
+{{- define "medstream.kafkaTlsMounted" -}}
+{{- $v := .root.Values }}
+{{- if and (has "kafka" (.s.uses | default list)) (eq (include "medstream.kafkaTls" .root) "true") }}
+{{- if or $v.kafka.tls.caSecret $v.kafka.tls.clientSecret }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The DNS egress rule every pod needs. */}}
+{{- define "medstream.dnsEgress" -}}
+- to:
+    - namespaceSelector: {{- toYaml .Values.networkPolicy.dns.namespaceSelector | nindent 8 }}
+      podSelector: {{- toYaml .Values.networkPolicy.dns.podSelector | nindent 8 }}
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end }}
+
+{{/* The Prometheus peer allowed to scrape. */}}
+{{- define "medstream.prometheusPeer" -}}
+- namespaceSelector: {{- toYaml .Values.networkPolicy.prometheus.namespaceSelector | nindent 4 }}
+  podSelector: {{- toYaml .Values.networkPolicy.prometheus.podSelector | nindent 4 }}
+{{- end }}
+
+{{/* KEDA's sasl mode for the configured mechanism. */}}
+{{- define "medstream.kedaSasl" -}}
+{{- $m := .Values.kafka.sasl.mechanism }}
+{{- if eq $m "PLAIN" }}plaintext{{ else if eq $m "SCRAM-SHA-256" }}scram_sha256{{ else }}scram_sha512{{ end }}
+{{- end }}
