@@ -1,3 +1,4 @@
+import itertools
 import math
 import random
 
@@ -71,8 +72,8 @@ def test_rmssd_of_known_series():
     for v in rr:
         samples.append((t, float(v)))
         t += v / 1000
-    add_samples(w, samples + [(T0 + 1000, 800.0)])
-    diffs = [(b - a) ** 2 for a, b in zip(rr, rr[1:], strict=False)]
+    add_samples(w, [*samples, (T0 + 1000, 800.0)])
+    diffs = [(b - a) ** 2 for a, b in itertools.pairwise(rr)]
     expected = math.sqrt(sum(diffs) / len(diffs))
     closed_span = [m for m in w.closed if m.start < T0 + 120]
     assert features.rmssd_ms(closed_span) == pytest.approx(expected, rel=0.05)

@@ -85,7 +85,7 @@ Call with (dict "root" $ "name" "deterioration" "s" <merged service values>).
 */}}
 {{- define "medstream.serviceConfig" -}}
 {{- $v := .root.Values }}
-{{- $uses := .s.uses | default list }}
+{{- $uses := .s.uses | default list -}}
 MEDSTREAM_HTTP_HOST: "0.0.0.0"
 MEDSTREAM_HTTP_PORT: {{ .s.httpPort | quote }}
 MEDSTREAM_STATE_DIR: /var/lib/medstream
