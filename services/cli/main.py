@@ -24,12 +24,16 @@ models_app = typer.Typer(help="Models in model_repository/.", no_args_is_help=Tr
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
+alerts_app = typer.Typer(help="Alerts for downstream apps.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 console = Console(stderr=True)
 
 # Deployable services: name -> module with a `main()`.
 SERVICES = {
     "deterioration": "services.deterioration.app",
     "graph-writer": "services.graph_writer.app",
+    "wearables-gateway": "services.wearables_gateway.app",
+    "wearables": "services.wearables.app",
 }
 
 
@@ -134,6 +138,22 @@ def run(service: Annotated[str, typer.Argument(help=", ".join(SERVICES))]) -> No
         raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     sys.argv = [f"medstream-{service}", "worker"]
     importlib.import_module(SERVICES[service]).main()
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    kind: Annotated[list[str] | None, typer.Option(help="only these kinds, e.g. tachycardia (repeatable)")] = None,
+    min_severity: Annotated[str, typer.Option(help="INFO, LOW, MEDIUM, HIGH or CRITICAL")] = "INFO",
+    group: Annotated[str, typer.Option(help="consumer group: one group = one subscriber app")] = "medstream-alerts-tail",
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained alert")] = False,
+    max_alerts: Annotated[int, typer.Option(help="stop after this many (0: run until Ctrl-C)")] = 0,
+    idle_timeout_s: Annotated[float, typer.Option(help="stop after this long without alerts (0: never)")] = 0.0,
+) -> None:
+    """A reference subscriber: prints alerts as JSON lines, deduplicated by alert_id."""
+    from services.cli.alerts import tail
+
+    tail(get_settings(), kinds=set(kind or ()), min_severity=min_severity, group=group,
+         from_beginning=from_beginning, max_alerts=max_alerts, idle_timeout_s=idle_timeout_s)
 
 
 @app.command("replay")

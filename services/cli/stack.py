@@ -303,6 +303,8 @@ class Triton(Component):
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--disable-auto-complete-config",
+            # A half-copied model folder must not take the server (and the other models) down.
+            "--exit-on-error=false",
             # New model versions dropped into the repository are loaded without a restart.
             "--model-control-mode=poll",
             "--repository-poll-secs=5",

@@ -43,7 +43,8 @@ class Cohort:
     basal_error_sd: float = 0.1  # log-normal sd of each day's basal rate against the patient's true need
 
     def key(self) -> str:
-        payload = json.dumps({"version": GENERATOR_VERSION, "sensor": SENSOR, **asdict(self)}, sort_keys=True)
+        fields = {**asdict(self), "patients": sorted(self.patients)}  # a patient's trace does not depend on order
+        payload = json.dumps({"version": GENERATOR_VERSION, "sensor": SENSOR, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -106,8 +107,9 @@ def generate(cohort: Cohort, cache_dir: Path = DEFAULT_CACHE, workers: int | Non
     ]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if workers > 1:
-        # spawn, not fork: the parent may already hold torch's thread pool
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        # fork, not spawn: spawn re-runs the caller's main script. Children run only numpy and scipy, and callers
+        # simulate before any torch work, so no OpenMP pool is forked mid-use.
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             traces = list(pool.map(simulate_patient, *zip(*jobs, strict=True)))
     else:
         traces = [simulate_patient(*job) for job in jobs]

@@ -130,9 +130,9 @@ def train(
     cache_dir: Path = DEFAULT_CACHE,
 ) -> Evaluation:
     """Simulate (or read cached) traces, train, evaluate, write `1/model.pt` (TorchScript) and `evaluation.json`."""
+    traces = generate(Cohort(train_patients + test_patients, days, seed), cache_dir)  # before torch: it forks
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    traces = generate(Cohort(train_patients + test_patients, days, seed), cache_dir)
     x_train, y_train = _stack({p: traces[p] for p in train_patients})
     n_pos = float(y_train.sum())
 
