@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint stack-up stack-down stack-status models bench-spine clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -24,6 +24,9 @@ test-integration: setup
 lint: setup
 	$(VENV)/bin/ruff check services tests model_repository
 	$(VENV)/bin/mypy services
+
+chart-test: setup  ## helm lint/template, offline schema validation, chart<->code drift, Dockerfile rules
+	$(PY) -m pytest -q tests/charts
 
 proto-lint: setup
 	buf lint protos

@@ -12,9 +12,11 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # ---- train: the same medstream package and torch as the services; writes <model>/1/model.pt
 FROM python:${PYTHON_VERSION}-bookworm AS train
+ARG TORCH_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/train
+RUN python -m venv /opt/train \
+ && /opt/train/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml ./
 COPY services/ services/
 RUN /opt/train/bin/pip install --no-cache-dir .

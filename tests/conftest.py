@@ -108,10 +108,16 @@ class ServiceProcess:
         return self
 
     def ready(self) -> bool:
+        return self._get("/readyz")
+
+    def alive(self) -> bool:
+        return self._get("/healthz")
+
+    def _get(self, path: str) -> bool:
         import httpx
 
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1.0).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -45,6 +45,8 @@ class EventProducer:
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            # Java-compatible key hashing, as faust/aiokafka and Kafka Streams use: co-partitioned state works.
+            "partitioner": "murmur2_random",
             "client.id": f"medstream-{service}",
             **overrides,
         }

@@ -46,8 +46,9 @@ topics_out = {
     for t in (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS)
 }
 # Per-patient window, feature and episode state; recovered from its changelog topic after a restart.
-# Keys as JSON strings and values as raw bytes, so recovered entries compare equal to live ones.
-patients = app.Table("wearables-patient-state", key_serializer="json", value_serializer="raw")
+# Written after each batch (outside per-event iteration), so the changelog partition comes from the key's
+# partitioner: murmur2 like the producers of the samples topic, which keeps state and input co-partitioned.
+patients = app.Table("wearables-patient-state", key_type=str, value_type=str, use_partitioner=True)
 triton = TritonClient(
     settings.triton_grpc_url,
     SERVICE,
@@ -142,7 +143,7 @@ async def process(stream):  # type: ignore[no-untyped-def]
                 )
         await send_all(records)
         for patient_id, state in states.items():
-            patients[patient_id] = state.to_json().encode()
+            patients[patient_id] = state.to_json()
         if events:
             PROCESSING_SECONDS.labels(SERVICE, WEARABLE_SAMPLES.name).observe(
                 (time.perf_counter() - started) / len(events)

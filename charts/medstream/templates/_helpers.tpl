@@ -124,6 +124,12 @@ MEDSTREAM_NEO4J_URI: {{ required "neo4j.uri is required" $v.neo4j.uri | quote }}
 MEDSTREAM_NEO4J_USER: {{ $v.neo4j.user | quote }}
 MEDSTREAM_NEO4J_DATABASE: {{ $v.neo4j.database | quote }}
 {{- end }}
+{{- with .s.grpc }}
+{{ .env }}: {{ .port | quote }}
+{{- end }}
+{{- range $i, $f := .s.files }}
+{{ $f.env }}: {{ printf "/etc/medstream/files/%d/%s" $i $f.key | quote }}
+{{- end }}
 {{- range $key, $value := .s.env }}
 {{- if not (hasPrefix "MEDSTREAM_" $key) }}
 {{- fail (printf "services env %q: only MEDSTREAM_* settings are read by the services" $key) }}

@@ -1,7 +1,7 @@
 """CGM traces of simglucose's 30 virtual type-1 patients (UVA/Padova 2008 model) under a basal-bolus regimen.
 
-simglucose's own environment loop spends most of its time in pandas look-ups (about 15 s per simulated day);
-this loop drives the same patient ODE, meal generator and CGM noise model directly (about 1 s per day). The
+simglucose's own environment loop spends most of its time in pandas look-ups (15 s per simulated day here);
+this loop drives the same patient ODE, meal generator and CGM noise model directly (under 1 s per day). The
 regimen is simglucose's BBController (basal u2ss, meal bolus carbs/CR plus a correction above 150 mg/dL) with
 the carb-counting error and day-to-day basal mismatch of real self-management, so that hypoglycaemia happens
 for reasons the CGM trace can show. Traces are cached as .npz keyed by every generation parameter.
@@ -62,7 +62,7 @@ def simulate_patient(name: str, days: int, seed: int, carb_error_sd: float, basa
     params = pd.read_csv(PATIENT_PARA_FILE).set_index("Name", drop=False).loc[name]
     quest = pd.read_csv(CONTROL_QUEST).set_index("Name").loc[name]
     patient = T1DPatient(params, random_init_bg=True, seed=seed)
-    # The ODE right-hand side reads ~40 parameters per call: plain floats instead of a pandas Series is 20x faster.
+    # The ODE right-hand side reads ~40 parameters per call: plain floats, not a pandas Series, make this loop fast.
     patient._params = SimpleNamespace(**{k: v if isinstance(v, str) else float(v) for k, v in params.items()})
     sensor = CGMSensor.withName(SENSOR, seed=seed)
     scenario = RandomScenario(start_time=datetime(2024, 1, 1), seed=seed)
@@ -84,7 +84,7 @@ def simulate_patient(name: str, days: int, seed: int, carb_error_sd: float, basa
             if (day * 24 * 60 + minute + 1) % STEP_MIN == 0:
                 reading = float(sensor.measure(patient))
                 cgm.append(reading)
-                # BBController: bolus for the carbs eaten since the last reading, given over the next 5 minutes
+                # BBController: bolus for the carbs announced since the last reading, given over the next 5 minutes
                 bolus = 0.0
                 if announced > 0:
                     estimate = announced * float(np.exp(rng.normal(0.0, carb_error_sd)))
@@ -115,7 +115,7 @@ def generate(cohort: Cohort, cache_dir: Path = DEFAULT_CACHE, workers: int | Non
         traces = [simulate_patient(*job) for job in jobs]
     result = dict(zip(cohort.patients, traces, strict=True))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **result)  # type: ignore[arg-type]
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **result)
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return result

@@ -122,7 +122,7 @@ def evaluate(model: nn.Module, traces: Mapping[str, np.ndarray], threshold: floa
 def train(
     out_dir: Path,
     *,
-    days: int = 6,
+    days: int = 7,
     train_patients: tuple[str, ...] = TRAIN_PATIENTS,
     test_patients: tuple[str, ...] = TEST_PATIENTS,
     epochs: int = 8,
