@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables eval-wearables clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -45,6 +45,12 @@ models: setup  ## train models whose weights are missing
 
 bench-spine: setup
 	$(PY) -m benchmarks.spine
+
+bench-wearables: setup  ## ingestion HTTP vs gRPC, worker vs bare consumer, accepted-to-alert latency
+	$(PY) -m benchmarks.wearables
+
+eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
+	$(PY) -m services.wearables.glycaemia.training
 
 clean:
 	rm -rf gen build devstack/neo4j/target

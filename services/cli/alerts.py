@@ -27,11 +27,24 @@ def wanted(alert: alert_pb2.Alert, kinds: set[str], min_rank: int) -> bool:
     return (not kinds or alert.kind in kinds) and alert.severity >= min_rank
 
 
-def tail(settings: Settings, kinds: set[str], min_severity: str, group: str, from_beginning: bool,
-         max_alerts: int = 0, idle_timeout_s: float = 0.0) -> int:
+def tail(
+    settings: Settings,
+    kinds: set[str],
+    min_severity: str,
+    group: str,
+    from_beginning: bool,
+    max_alerts: int = 0,
+    idle_timeout_s: float = 0.0,
+) -> int:
     min_rank = severity_rank(min_severity)
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest" if from_beginning else "latest"})
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+        }
+    )
     consumer.subscribe([ALERTS.name])
     seen: OrderedDict[str, None] = OrderedDict()  # recent alert ids, for at-least-once redeliveries
     printed = 0
@@ -54,7 +67,7 @@ def tail(settings: Settings, kinds: set[str], min_severity: str, group: str, fro
             seen[alert.alert_id] = None
             while len(seen) > 100_000:
                 seen.popitem(last=False)
-            consumer.commit(msg, asynchronous=False)
+            consumer.commit(message=msg, asynchronous=False)
     except KeyboardInterrupt:
         pass
     finally:

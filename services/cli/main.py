@@ -144,7 +144,9 @@ def run(service: Annotated[str, typer.Argument(help=", ".join(SERVICES))]) -> No
 def alerts_tail(
     kind: Annotated[list[str] | None, typer.Option(help="only these kinds, e.g. tachycardia (repeatable)")] = None,
     min_severity: Annotated[str, typer.Option(help="INFO, LOW, MEDIUM, HIGH or CRITICAL")] = "INFO",
-    group: Annotated[str, typer.Option(help="consumer group: one group = one subscriber app")] = "medstream-alerts-tail",
+    group: Annotated[
+        str, typer.Option(help="consumer group: one group = one subscriber app")
+    ] = "medstream-alerts-tail",
     from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained alert")] = False,
     max_alerts: Annotated[int, typer.Option(help="stop after this many (0: run until Ctrl-C)")] = 0,
     idle_timeout_s: Annotated[float, typer.Option(help="stop after this long without alerts (0: never)")] = 0.0,
@@ -152,8 +154,38 @@ def alerts_tail(
     """A reference subscriber: prints alerts as JSON lines, deduplicated by alert_id."""
     from services.cli.alerts import tail
 
-    tail(get_settings(), kinds=set(kind or ()), min_severity=min_severity, group=group,
-         from_beginning=from_beginning, max_alerts=max_alerts, idle_timeout_s=idle_timeout_s)
+    tail(
+        get_settings(),
+        kinds=set(kind or ()),
+        min_severity=min_severity,
+        group=group,
+        from_beginning=from_beginning,
+        max_alerts=max_alerts,
+        idle_timeout_s=idle_timeout_s,
+    )
+
+
+simulate_app = typer.Typer(help="Simulated data sources.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+
+
+@simulate_app.command("fleet")
+def simulate_fleet(
+    devices: int = 1000,
+    minutes: Annotated[int, typer.Option(help="minutes of wrist-band data per band")] = 5,
+    cgm_hours: Annotated[float, typer.Option(help="hours of CGM backfill per sensor")] = 2.5,
+    gateway: Annotated[str, typer.Option(help="gateway base URL")] = "http://127.0.0.1:8080",
+) -> None:
+    """Stream a fleet of simulated bands (neurokit2 ECG) and CGMs (simglucose) through the gateway."""
+    import asyncio
+
+    from services.cli.fleet import run_fleet
+
+    report = asyncio.run(run_fleet(gateway, devices, minutes, cgm_hours))
+    console.print(
+        f"{report.devices} devices, {report.batches} batches, {report.accepted} samples accepted, "
+        f"{report.rejected} rejected, {report.samples_per_s:,.0f} samples/s"
+    )
 
 
 @app.command("replay")

@@ -344,9 +344,10 @@ def model_names() -> list[str]:
 
 def model_trainers() -> dict[str, Callable[[Path], object]]:
     """Every model in the repository and the function that trains it from the repo's own data."""
-    from services.deterioration.training import MODEL_NAME, train
+    from services.deterioration import training as deterioration
+    from services.wearables.glycaemia import training as glycaemia
 
-    return {MODEL_NAME: train}
+    return {deterioration.MODEL_NAME: deterioration.train, glycaemia.MODEL_NAME: glycaemia.train}
 
 
 def ensure_models(force: bool = False) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.evaluation import auc_score
 from services.deterioration.news2 import FEATURES, Vitals, features, urgent_response
 
 MODEL_NAME = "deterioration_risk"
@@ -72,20 +73,6 @@ class Evaluation:
     threshold: float
 
 
-def auc_score(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties share ranks)."""
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    ranks[order] = np.arange(1, len(p) + 1)
-    for value in np.unique(p):  # average ranks over ties
-        tie = p == value
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    pos = y.astype(bool)
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: int = 30, seed: int = 7) -> Evaluation:
     """Train, evaluate on held-out synthetic data, write `1/model.pt` (TorchScript) and `evaluation.json`."""
     torch.manual_seed(seed)
@@ -116,11 +103,14 @@ def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: in
     threshold = 0.5
     pred = p >= threshold
     pos = y_test.astype(bool)
+    auc = auc_score(y_test, p)
+    if auc is None:
+        raise ValueError("the held-out set holds one class only")
     evaluation = Evaluation(
         n_train=n_train,
         n_test=n_test,
         prevalence=float(pos.mean()),
-        auc=auc_score(y_test, p),
+        auc=auc,
         sensitivity=float((pred & pos).sum() / pos.sum()),
         specificity=float((~pred & ~pos).sum() / (~pos).sum()),
         threshold=threshold,

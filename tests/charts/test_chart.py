@@ -84,8 +84,11 @@ def unknown_fields(given: Any, parsed: Any, path: str = "") -> list[str]:
     if isinstance(given, dict):
         if not isinstance(parsed, dict):
             return [path or "/"]
-        return [p for k, v in given.items()
-                for p in ([f"{path}/{k}"] if k not in parsed else unknown_fields(v, parsed[k], f"{path}/{k}"))]
+        return [
+            p
+            for k, v in given.items()
+            for p in ([f"{path}/{k}"] if k not in parsed else unknown_fields(v, parsed[k], f"{path}/{k}"))
+        ]
     if isinstance(given, list) and isinstance(parsed, list):
         pairs = enumerate(zip(given, parsed, strict=True))
         return [p for i, (g, q) in pairs for p in unknown_fields(g, q, f"{path}/{i}")]
@@ -304,8 +307,11 @@ def test_consumers_scale_on_their_group_lag() -> None:
         # faust's app id and graph-writer's group.id are both f"medstream-{SERVICE}"
         assert trigger["metadata"]["consumerGroup"] == f"medstream-{service}"
         assert scaled[service]["scaleTargetRef"]["name"] == names[service]
-        auth = next(a for a in by_kind(manifests, "TriggerAuthentication")
-                    if a["metadata"]["name"] == trigger["authenticationRef"]["name"])
+        auth = next(
+            a
+            for a in by_kind(manifests, "TriggerAuthentication")
+            if a["metadata"]["name"] == trigger["authenticationRef"]["name"]
+        )
         assert {p["parameter"] for p in auth["spec"]["secretTargetRef"]} == {"password", "ca"}
     triton = scaled["triton"]["triggers"][0]
     assert triton["type"] == "prometheus" and "nv_inference_queue_duration_us" in triton["metadata"]["query"]
@@ -337,15 +343,18 @@ def test_mtls_mounts_client_certificate() -> None:
 # ---------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize(("sets", "message"), [
-    (("kafka.bootstrapServers=",), "kafka.bootstrapServers is required"),
-    (("triton.enabled=false",), "triton.externalGrpcUrl is required"),
-    (("kafka.securityProtocol=SASL_SCRAM",), "is not one of PLAINTEXT"),
-    (("kafka.sasl.existingSecret=",), "kafka.sasl.existingSecret is required"),
-    (("serviceDefaults.env.KAFKA_BROKERS=x",), "only MEDSTREAM_* settings"),
-    (("triton.modelRepository.source=s3",), "triton.modelRepository.bucket is required"),
-    (("autoscaling.mode=vpa",), "is not one of keda, hpa, none"),
-])
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("kafka.bootstrapServers=",), "kafka.bootstrapServers is required"),
+        (("triton.enabled=false",), "triton.externalGrpcUrl is required"),
+        (("kafka.securityProtocol=SASL_SCRAM",), "is not one of PLAINTEXT"),
+        (("kafka.sasl.existingSecret=",), "kafka.sasl.existingSecret is required"),
+        (("serviceDefaults.env.KAFKA_BROKERS=x",), "only MEDSTREAM_* settings"),
+        (("triton.modelRepository.source=s3",), "triton.modelRepository.bucket is required"),
+        (("autoscaling.mode=vpa",), "is not one of keda, hpa, none"),
+    ],
+)
 def test_chart_refuses_incomplete_values(sets: tuple[str, ...], message: str) -> None:
     assert message in render_error((), sets)
 
@@ -378,9 +387,15 @@ def test_dashboard_is_valid_and_provisioned() -> None:
 
 # Triton 2.51's Prometheus metrics the dashboard, rules and autoscaler may use (Triton's metrics documentation).
 TRITON_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
-    "nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
-    "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
 }
 
 
@@ -412,6 +427,12 @@ def test_dashboards_rules_and_autoscalers_use_real_metrics() -> None:
         used = {u for u in used if not u.startswith(("medstream_kafka", "medstream_wearables"))}  # not metrics
         assert used <= known, f"{where} uses metrics no service or Triton exports: {sorted(used - known)}"
     dashboard = texts["dashboard"]
-    for topic in ("medstream_consumed_total", "medstream_consumer_lag", "medstream_dead_lettered_total",
-                  "medstream_inference_seconds_bucket", "nv_inference_exec_count", "medstream.alerts.v1"):
+    for topic in (
+        "medstream_consumed_total",
+        "medstream_consumer_lag",
+        "medstream_dead_lettered_total",
+        "medstream_inference_seconds_bucket",
+        "nv_inference_exec_count",
+        "medstream.alerts.v1",
+    ):
         assert topic in dashboard, f"the dashboard must cover {topic}"

@@ -112,8 +112,11 @@ def test_image_rules(name: str):
         return
     assert "/healthz" in healthcheck and "MEDSTREAM_HTTP_PORT" in healthcheck
     assert final.all("ENTRYPOINT") == ['["medstream"]'] and final.all("CMD") == [f'["run", "{name}"]']
-    torch_pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-                     if d.startswith("torch=="))
+    torch_pin = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("torch==")
+    )
     assert torch_pin in " ".join(a for s in stages for a in s.all("RUN")), f"install {torch_pin}, as pyproject pins it"
     medstream_env = {k for k in env if k.startswith("MEDSTREAM_")}
     assert medstream_env <= SETTINGS, f"ENV {sorted(medstream_env - SETTINGS)} are not settings"

@@ -81,7 +81,12 @@ def test_values_parse_as_settings(rendered, monkeypatch: pytest.MonkeyPatch):
         settings = Settings()
         assert settings.http_host == "0.0.0.0", f"{variant}/{name}: must listen on the pod IP for probes"
         mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
-        for path in (settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile,
-                     getattr(settings, "wearables_registry", None), settings.state_dir):
+        for path in (
+            settings.kafka_ssl_cafile,
+            settings.kafka_ssl_certfile,
+            settings.kafka_ssl_keyfile,
+            getattr(settings, "wearables_registry", None),
+            settings.state_dir,
+        ):
             if path is not None:
                 assert any(str(path).startswith(m) for m in mounts), f"{variant}/{name}: {path} is not mounted"

@@ -55,8 +55,16 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @cache
 def _helm_template(values_files: tuple[str, ...], sets: tuple[str, ...]) -> tuple[int, str, str]:
-    args = [find_tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-            "--kube-version", KUBE_VERSION]
+    args = [
+        find_tool("helm"),
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for f in values_files:
         args += ["-f", f]
     for s in sets:
@@ -85,22 +93,49 @@ PRODUCTION = str(EXAMPLES / "values-production.yaml")
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "default": ((), ()),
     "production": ((PRODUCTION,), ()),
-    "strimzi-neo4j": ((str(EXAMPLES / "strimzi" / "values-strimzi.yaml"),
-                       str(EXAMPLES / "neo4j" / "values-medstream.yaml")), ()),
-    "hpa-s3-cpu": ((), ("autoscaling.mode=hpa", "autoscaling.consumers.hpa.lagMetric=medstream_consumer_lag",
-                        "autoscaling.triton.hpa.queueMetric=triton_queue_time_per_request_us",
-                        "triton.modelRepository.source=s3", "triton.modelRepository.bucket=models",
-                        "triton.modelRepository.prefix=medstream", "objectStorage.endpoint=https://minio.storage:9000",
-                        "objectStorage.existingSecret=medstream-models", "objectStorage.port=9000",
-                        "triton.gpu.count=0", "kafka.sasl.usernameKey=user")),
-    "plaintext-external-triton": ((), ("kafka.securityProtocol=PLAINTEXT", "kafka.bootstrapServers=kafka:9092",
-                                       "triton.enabled=false", "triton.externalGrpcUrl=triton.ml:8001",
-                                       "autoscaling.mode=none", "neo4j.existingSecret=",
-                                       "monitoring.serviceMonitor.enabled=false",
-                                       "monitoring.prometheusRule.enabled=false",
-                                       "monitoring.grafanaDashboard.enabled=false")),
-    "volume-mtls-keda": ((), ("triton.modelRepository.source=volume", "triton.modelRepository.existingClaim=models",
-                              "kafka.securityProtocol=SSL", "kafka.tls.clientSecret=medstream-kafka-client")),
+    "strimzi-neo4j": (
+        (str(EXAMPLES / "strimzi" / "values-strimzi.yaml"), str(EXAMPLES / "neo4j" / "values-medstream.yaml")),
+        (),
+    ),
+    "hpa-s3-cpu": (
+        (),
+        (
+            "autoscaling.mode=hpa",
+            "autoscaling.consumers.hpa.lagMetric=medstream_consumer_lag",
+            "autoscaling.triton.hpa.queueMetric=triton_queue_time_per_request_us",
+            "triton.modelRepository.source=s3",
+            "triton.modelRepository.bucket=models",
+            "triton.modelRepository.prefix=medstream",
+            "objectStorage.endpoint=https://minio.storage:9000",
+            "objectStorage.existingSecret=medstream-models",
+            "objectStorage.port=9000",
+            "triton.gpu.count=0",
+            "kafka.sasl.usernameKey=user",
+        ),
+    ),
+    "plaintext-external-triton": (
+        (),
+        (
+            "kafka.securityProtocol=PLAINTEXT",
+            "kafka.bootstrapServers=kafka:9092",
+            "triton.enabled=false",
+            "triton.externalGrpcUrl=triton.ml:8001",
+            "autoscaling.mode=none",
+            "neo4j.existingSecret=",
+            "monitoring.serviceMonitor.enabled=false",
+            "monitoring.prometheusRule.enabled=false",
+            "monitoring.grafanaDashboard.enabled=false",
+        ),
+    ),
+    "volume-mtls-keda": (
+        (),
+        (
+            "triton.modelRepository.source=volume",
+            "triton.modelRepository.existingClaim=models",
+            "kafka.securityProtocol=SSL",
+            "kafka.tls.clientSecret=medstream-kafka-client",
+        ),
+    ),
 }
 
 

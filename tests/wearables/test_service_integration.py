@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def worker(local_stack) -> Iterator[ServiceProcess]:
     proc = ServiceProcess("wearables", 18083, local_stack.state_dir / "logs").start()
-    wait_for(proc.alive, 90, what="wearables /healthz")  # TEMP
+    wait_for(proc.ready, 90, what="wearables /readyz")
     yield proc
     proc.stop()
 
@@ -34,8 +34,17 @@ def heart_stream(patient: str, start: float, minutes: int, tachy: tuple[int, int
         hr = 135.0 if tachy[0] <= minute < tachy[1] else 70.0 + (i % 50) / 10
         ts = Timestamp()
         ts.FromNanoseconds(int((start + i) * 1e9))
-        out.append(wearable_pb2.WearableSample(device_id=f"{patient}-band", patient_id=patient, metric="heart_rate",
-                                               loinc_code="8867-4", unit="/min", value=hr, effective_time=ts))
+        out.append(
+            wearable_pb2.WearableSample(
+                device_id=f"{patient}-band",
+                patient_id=patient,
+                metric="heart_rate",
+                loinc_code="8867-4",
+                unit="/min",
+                value=hr,
+                effective_time=ts,
+            )
+        )
     return out
 
 
@@ -54,8 +63,9 @@ def publish(settings, streams: dict[str, list[wearable_pb2.WearableSample]], chu
     for patient, samples in streams.items():
         mine = samples[part]
         for i in range(0, len(mine), chunk):
-            batch = wearable_pb2.WearableSampleBatch(vendor_id="acme", idempotency_key=f"{patient}-{i}",
-                                                     samples=mine[i:i + chunk])
+            batch = wearable_pb2.WearableSampleBatch(
+                vendor_id="acme", idempotency_key=f"{patient}-{i}", samples=mine[i : i + chunk]
+            )
             producer.send_sync(WEARABLE_SAMPLES.name, patient.encode(), batch)
     producer.close()
 
@@ -70,12 +80,20 @@ def test_worker_crash_loses_no_window_and_raises_no_alert_twice(local_stack, wor
     before = {t: end_offsets(local_stack, t) for t in (ALERTS.name, FHIR_WRITEBACK.name)}
 
     def observations() -> list[fhir_pb2.FhirResourceEvent]:
-        return [o for o in read_messages(local_stack, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent,
-                                         before[FHIR_WRITEBACK.name]) if o.patient_reference.startswith(f"Patient/{run}")]
+        return [
+            o
+            for o in read_messages(
+                local_stack, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent, before[FHIR_WRITEBACK.name]
+            )
+            if o.patient_reference.startswith(f"Patient/{run}")
+        ]
 
     def alerts() -> list[alert_pb2.Alert]:
-        return [a for a in read_messages(local_stack, ALERTS.name, alert_pb2.Alert, before[ALERTS.name])
-                if a.patient_id.startswith(run)]
+        return [
+            a
+            for a in read_messages(local_stack, ALERTS.name, alert_pb2.Alert, before[ALERTS.name])
+            if a.patient_id.startswith(run)
+        ]
 
     half = len(next(iter(streams.values()))) // 2
     publish(local_stack, streams, 30, slice(0, half))
@@ -83,7 +101,7 @@ def test_worker_crash_loses_no_window_and_raises_no_alert_twice(local_stack, wor
     worker.kill()  # SIGKILL mid-stream
     publish(local_stack, streams, 30, slice(half, None))
     worker.start()
-    wait_for(worker.alive, 90, what="worker back")  # TEMP
+    wait_for(worker.ready, 90, what="worker back")
     wait_for(lambda: {o.resource_id for o in observations()} >= want_obs, 180, what="every hourly window")
 
     got_obs = observations()

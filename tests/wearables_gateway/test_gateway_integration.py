@@ -24,8 +24,12 @@ AUTH = {"Authorization": "Bearer dev-acme-token"}
 
 @pytest.fixture(scope="module")
 def gateway(local_stack) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess("wearables-gateway", HTTP_PORT, local_stack.state_dir / "logs",
-                          {"MEDSTREAM_WEARABLES_GRPC_PORT": str(GRPC_PORT)}).start()
+    proc = ServiceProcess(
+        "wearables-gateway",
+        HTTP_PORT,
+        local_stack.state_dir / "logs",
+        {"MEDSTREAM_WEARABLES_GRPC_PORT": str(GRPC_PORT)},
+    ).start()
     wait_for(proc.ready, 60, what="gateway ready")
     yield proc
     proc.stop()
@@ -37,8 +41,12 @@ def readings(device: str, n: int, start_ms: int | None = None) -> list[dict]:
 
 
 def samples_for(settings, patient: str, since) -> list[wearable_pb2.WearableSample]:
-    return [s for b in read_messages(settings, WEARABLE_SAMPLES.name, wearable_pb2.WearableSampleBatch, since)
-            for s in b.samples if s.patient_id == patient]
+    return [
+        s
+        for b in read_messages(settings, WEARABLE_SAMPLES.name, wearable_pb2.WearableSampleBatch, since)
+        for s in b.samples
+        if s.patient_id == patient
+    ]
 
 
 def post(batch: dict) -> httpx.Response:

@@ -52,11 +52,16 @@ def simulate_patient(name: str, days: int, seed: int, carb_error_sd: float, basa
     """One patient's CGM every 5 min (mg/dL, float32) over `days` days from midnight."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # simglucose and gym import pkg_resources, which warns
-        import pandas as pd
-        from simglucose.controller.basal_bolus_ctrller import CONTROL_QUEST
-        from simglucose.patient.t1dpatient import PATIENT_PARA_FILE, Action, T1DPatient
-        from simglucose.sensor.cgm import CGMSensor
-        from simglucose.simulation.scenario_gen import RandomScenario
+        try:
+            import pandas as pd
+            from simglucose.controller.basal_bolus_ctrller import CONTROL_QUEST
+            from simglucose.patient.t1dpatient import PATIENT_PARA_FILE, Action, T1DPatient
+            from simglucose.sensor.cgm import CGMSensor
+            from simglucose.simulation.scenario_gen import RandomScenario
+        except ModuleNotFoundError as e:
+            if e.name != "pkg_resources":
+                raise
+            raise RuntimeError("simglucose 0.2.11 needs pkg_resources, gone from setuptools>=81") from e
 
     rng = np.random.default_rng(seed)
     params = pd.read_csv(PATIENT_PARA_FILE).set_index("Name", drop=False).loc[name]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.evaluation import auc_score
 from services.wearables.glycaemia import iglu
 from services.wearables.glycaemia.sequences import WINDOW, features_for_serving, windows
 from services.wearables.glycaemia.simulation import DEFAULT_CACHE, TEST_PATIENTS, TRAIN_PATIENTS, Cohort, generate
@@ -70,17 +71,6 @@ class Evaluation:
     train_prevalence: float
     simulated_test: CohortResult
     iglu_hall: CohortResult
-
-
-def auc_score(y: np.ndarray, p: np.ndarray) -> float | None:
-    """ROC AUC by the rank-sum formula (ties share their mean rank); None when only one class is present."""
-    pos = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _stack(traces: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
