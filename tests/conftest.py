@@ -24,6 +24,7 @@ from services.common.kafka import ensure_topics
 
 T = TypeVar("T")
 _STARTED: list[stack.Component] = []
+_SERVICES: list[ServiceProcess] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,6 +34,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "restarts_stack: stops and starts shared servers (runs last)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A test killed by its timeout skips its fixtures' teardown: no service process may outlive the session.
+    for proc in _SERVICES:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +103,7 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
+        _SERVICES.append(self)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(

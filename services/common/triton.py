@@ -24,7 +24,11 @@ class InferResult:
     model_version: str  # the version that answered, as Triton reports it
 
 
-class CircuitOpen(RuntimeError):
+class TritonUnavailable(RuntimeError):
+    """Triton could not answer (down, overloaded, timing out) after the retries: wait and try again later."""
+
+
+class CircuitOpen(TritonUnavailable):
     """Triton failed repeatedly; calls fail fast until the cool-down ends."""
 
 
@@ -117,15 +121,26 @@ class TritonClient:
                 self.breaker.success()
                 return result
             except InferenceServerException as exc:
-                self.breaker.failure(time.monotonic())
-                if attempt == self.retries or not _transient(exc):
+                if not _transient(exc):
                     raise
+                self.breaker.failure(time.monotonic())
+                if attempt == self.retries:
+                    raise TritonUnavailable(str(exc.message())) from exc
                 log.warning(
                     "triton call failed, retrying",
                     extra={"model": model, "attempt": attempt + 1, "error": str(exc.message())[:200]},
                 )
                 await asyncio.sleep(delays[attempt])
         raise AssertionError("unreachable")
+
+    async def infer_rows(
+        self, model: str, input_name: str, rows: np.ndarray, output: str, max_batch: int = 64
+    ) -> tuple[np.ndarray, str]:
+        """Infer many rows as requests of at most `max_batch` (the model's max_batch_size bounds one request);
+        they go out concurrently, so the server's dynamic batcher can combine them. Returns (outputs, version)."""
+        chunks = [rows[i : i + max_batch] for i in range(0, len(rows), max_batch)]
+        results = await asyncio.gather(*(self.infer(model, {input_name: c}, [output]) for c in chunks))
+        return np.concatenate([r.outputs[output] for r in results]), results[0].model_version
 
     async def _infer_once(
         self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], version: str

@@ -17,7 +17,7 @@ from medstream.events.v1 import common_pb2, vitals_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
-from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
+from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
 from services.common.kafka import make_faust_app, record_headers
 from services.common.service import retry_until_done
 from services.common.telemetry import (
@@ -31,7 +31,7 @@ from services.common.telemetry import (
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
-from services.common.triton import CircuitOpen, TritonClient
+from services.common.triton import TritonClient, TritonUnavailable
 from services.deterioration.assess import assess, to_vitals, validate
 from services.deterioration.news2 import features
 from services.deterioration.training import MODEL_NAME
@@ -77,10 +77,10 @@ async def score(batch: list[vitals_pb2.VitalSignsSnapshot]) -> tuple[np.ndarray,
     x = np.stack([features(to_vitals(s)) for s in batch])
 
     async def call() -> tuple[np.ndarray, common_pb2.ModelRef]:
-        out = await triton.infer(MODEL_NAME, {"VITALS": x}, ["RISK"])
-        return out.outputs["RISK"][:, 0], common_pb2.ModelRef(name=MODEL_NAME, version=out.model_version)
+        risk, version = await triton.infer_rows(MODEL_NAME, "VITALS", x, "RISK")
+        return risk[:, 0], common_pb2.ModelRef(name=MODEL_NAME, version=version)
 
-    return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
+    return await retry_until_done(call, "triton", retry_on=(TritonUnavailable, OSError))
 
 
 def _traceparent(record: SourceRecord) -> str | None:
@@ -106,7 +106,14 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
             accepted.append((record, snapshot))
         if not accepted:
             continue
-        risks, model = await score([s for _, s in accepted])
+        try:
+            risks, model = await score([s for _, s in accepted])
+        except InferenceServerException as exc:
+            # Triton refused the request itself (model/config mismatch): no retry can fix it, so the inputs go
+            # to the dead-letter topic for a replay once the model is fixed.
+            for record, _ in accepted:
+                await dead_letters.publish(record, PROCESSING_ERROR, f"{MODEL_NAME} refused: {exc.message()}")
+            continue
         outputs: list[tuple[str, bytes | None, Message]] = []
         for (record, snapshot), risk in zip(accepted, risks, strict=True):
             current_traceparent.set(child_traceparent(_traceparent(record)))

@@ -8,12 +8,14 @@ medstream.wearables.samples.v1 --> per-patient state (faust table) --> 1-min / 1
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 
 from faust.worker import Worker
 from google.protobuf.message import Message
 from medstream.events.v1 import common_pb2, wearable_pb2
+from prometheus_client import Counter
 from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
@@ -31,10 +33,12 @@ from services.common.telemetry import (
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FHIR_WRITEBACK, GRAPH_MUTATIONS, WEARABLE_SAMPLES
-from services.common.triton import CircuitOpen, TritonClient
+from services.common.triton import TritonClient, TritonUnavailable
 from services.wearables.pipeline import PatientState, ScoreRequest, StepOutput, apply_risk, step
 
 SERVICE = "wearables"
+log = logging.getLogger(__name__)
+MODEL_FAILURES = Counter("medstream_model_failures_total", "Inference requests Triton refused", ["service", "model"])
 MODEL_NAME = "glycaemia_risk"
 BATCH_MAX, BATCH_WITHIN_S = 256, 0.2
 
@@ -94,12 +98,10 @@ async def score(requests: list[tuple[str, ScoreRequest]]) -> tuple[list[float], 
     x = np.array([r.glucose for _, r in requests], dtype=np.float32)
 
     async def call() -> tuple[list[float], common_pb2.ModelRef]:
-        result = await triton.infer(MODEL_NAME, {"CGM": x}, ["RISK"])
-        return [float(v) for v in result.outputs["RISK"][:, 0]], common_pb2.ModelRef(
-            name=MODEL_NAME, version=result.model_version
-        )
+        risk, version = await triton.infer_rows(MODEL_NAME, "CGM", x, "RISK")
+        return [float(v) for v in risk[:, 0]], common_pb2.ModelRef(name=MODEL_NAME, version=version)
 
-    return await retry_until_done(call, "triton", retry_on=(InferenceServerException, CircuitOpen, OSError))
+    return await retry_until_done(call, "triton", retry_on=(TritonUnavailable, OSError))
 
 
 def collect(out: StepOutput, key: bytes, records: list[tuple[str, bytes | None, Message]]) -> None:
@@ -136,7 +138,14 @@ async def process(stream):  # type: ignore[no-untyped-def]
             pending_scores += [(patient_id, r) for r in out.score_requests]
             states[patient_id] = state
         if pending_scores:
-            risks, model = await score(pending_scores)
+            try:
+                risks, model = await score(pending_scores)
+            except InferenceServerException as exc:
+                # The request itself is wrong (a model/config mismatch): no retry can fix it. Rules still ran;
+                # the model's alerts are skipped for this batch and the failure is counted and logged.
+                MODEL_FAILURES.labels(SERVICE, MODEL_NAME).inc()
+                log.error("model request refused", extra={"model": MODEL_NAME, "error": str(exc.message())[:300]})
+                pending_scores, risks, model = [], [], common_pb2.ModelRef()
             for (patient_id, request), risk in zip(pending_scores, risks, strict=True):
                 collect(
                     apply_risk(states[patient_id], patient_id, request, risk, model, now), patient_id.encode(), records

@@ -6,7 +6,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from services.cli.stack import TRITON_METRICS_PORT
-from services.common.triton import CircuitBreaker, CircuitOpen, TritonClient
+from services.common.triton import CircuitBreaker, CircuitOpen, TritonClient, TritonUnavailable
 
 pytestmark = pytest.mark.integration
 X = np.array([[15, 97, 0, 36.8, 125, 72, 0], [28, 88, 1, 39.5, 85, 135, 1]], dtype=np.float32)
@@ -59,7 +59,7 @@ def test_unreachable_server_retries_then_opens_the_circuit():
             "127.0.0.1:1", "test", timeout_s=0.5, retries=2, breaker=CircuitBreaker(threshold=3, cooldown_s=60)
         )
         try:
-            with pytest.raises(InferenceServerException):
+            with pytest.raises(TritonUnavailable):
                 await client.infer("deterioration_risk", {"VITALS": X}, ["RISK"])
             assert client.breaker.state == "open"
             with pytest.raises(CircuitOpen):
@@ -69,3 +69,28 @@ def test_unreachable_server_retries_then_opens_the_circuit():
             await client.close()
 
     asyncio.run(go())
+
+
+def test_a_wrong_request_is_not_retried(local_stack):
+    async def go():
+        client = TritonClient(local_stack.triton_grpc_url, "test", retries=3)
+        try:
+            with pytest.raises(InferenceServerException):  # wrong width: never transient
+                await client.infer("deterioration_risk", {"VITALS": X[:, :3]}, ["RISK"])
+            assert client.breaker.failures == 0
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def test_many_rows_are_split_into_requests_the_model_accepts(local_stack):
+    async def go():
+        client = TritonClient(local_stack.triton_grpc_url, "test")
+        try:
+            return await client.infer_rows("deterioration_risk", "VITALS", np.repeat(X, 500, axis=0), "RISK")
+        finally:
+            await client.close()
+
+    risk, version = asyncio.run(go())  # 1,000 rows > max_batch_size 256
+    assert risk.shape == (1000, 1) and version == "1"
