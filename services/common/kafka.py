@@ -202,6 +202,28 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     )
 
 
+class FaustOutputs:
+    """Output topics of a faust service; `send_all` returns once the broker acknowledged every record, so the
+    input events are acknowledged (committed) only after their outputs are durable."""
+
+    def __init__(self, app: faust.App, service: str, specs: Iterable[TopicSpec]) -> None:
+        self.service = service
+        self.topics = {s.name: app.topic(s.name, key_serializer="raw", value_serializer="raw") for s in specs}
+
+    async def send_all(self, records: Iterable[tuple[str, bytes | None, ProtoMessage]]) -> None:
+        records = list(records)
+        pending = [
+            await self.topics[topic].send(key=key, value=msg.SerializeToString(), headers=record_headers(msg))
+            for topic, key, msg in records
+        ]
+        await asyncio.gather(*pending)
+        for topic, _, _ in records:
+            PRODUCED.labels(self.service, topic).inc()
+
+    async def send(self, topic: str, key: bytes | None, message: ProtoMessage) -> None:
+        await self.send_all([(topic, key, message)])
+
+
 def make_faust_app(service: str, settings: Settings, **overrides: Any) -> faust.App:
     """A faust app wired to the configured cluster: at-least-once, acks=all, state under the state dir."""
     datadir = settings.state_dir / "faust" / service

@@ -13,6 +13,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from services.common.config import Settings
 from services.common.telemetry import INFERENCE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,16 @@ class TritonClient:
             )
             INFERENCE_SECONDS.labels(self.service, model).observe(time.perf_counter() - started)
         return InferResult({name: response.as_numpy(name) for name in outputs}, response.get_response().model_version)
+
+
+def triton_client(settings: Settings, service: str) -> TritonClient:
+    return TritonClient(
+        settings.triton_grpc_url,
+        service,
+        timeout_s=settings.triton_timeout_s,
+        max_concurrency=settings.triton_max_concurrency,
+        retries=settings.triton_retries,
+    )
 
 
 def _transient(exc: InferenceServerException) -> bool:

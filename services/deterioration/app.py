@@ -7,7 +7,6 @@ medstream.vitals.snapshots.v1 --> decode/validate --(bad)--> medstream.deadlette
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import numpy as np
@@ -18,12 +17,11 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
 from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
-from services.common.kafka import make_faust_app, record_headers
+from services.common.kafka import FaustOutputs, make_faust_app
 from services.common.service import retry_until_done
 from services.common.telemetry import (
     CONSUMED,
     PROCESSING_SECONDS,
-    PRODUCED,
     child_traceparent,
     current_traceparent,
     logging_config,
@@ -31,7 +29,7 @@ from services.common.telemetry import (
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
-from services.common.triton import TritonClient, TritonUnavailable
+from services.common.triton import TritonUnavailable, triton_client
 from services.deterioration.assess import assess, to_vitals, validate
 from services.deterioration.news2 import features
 from services.deterioration.training import MODEL_NAME
@@ -42,35 +40,11 @@ BATCH_MAX, BATCH_WITHIN_S = 64, 0.05
 settings = get_settings()
 app = make_faust_app(SERVICE, settings)
 vitals_in = app.topic(VITALS_SNAPSHOTS.name, key_serializer="raw", value_serializer="raw")
-topics_out = {
-    t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
-    for t in (FINDINGS, ALERTS, GRAPH_MUTATIONS, DEAD_LETTERS)
-}
-triton = TritonClient(
-    settings.triton_grpc_url,
-    SERVICE,
-    timeout_s=settings.triton_timeout_s,
-    max_concurrency=settings.triton_max_concurrency,
-    retries=settings.triton_retries,
-)
+outputs = FaustOutputs(app, SERVICE, (FINDINGS, ALERTS, GRAPH_MUTATIONS, DEAD_LETTERS))
+triton = triton_client(settings, SERVICE)
 
 
-async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
-    """Send through faust's producer and wait for every broker ack before the inputs are acknowledged."""
-    pending = [
-        await topics_out[topic].send(key=key, value=msg.SerializeToString(), headers=record_headers(msg))
-        for topic, key, msg in records
-    ]
-    await asyncio.gather(*pending)
-    for topic, _, _ in records:
-        PRODUCED.labels(SERVICE, topic).inc()
-
-
-async def send(topic: str, key: bytes | None, message: Message) -> None:
-    await send_all([(topic, key, message)])
-
-
-dead_letters = DeadLetters(SERVICE, lambda key, letter: send(DEAD_LETTERS.name, key, letter))
+dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
 
 
 async def score(batch: list[vitals_pb2.VitalSignsSnapshot]) -> tuple[np.ndarray, common_pb2.ModelRef]:
@@ -114,7 +88,7 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
             for record, _ in accepted:
                 await dead_letters.publish(record, PROCESSING_ERROR, f"{MODEL_NAME} refused: {exc.message()}")
             continue
-        outputs: list[tuple[str, bytes | None, Message]] = []
+        results: list[tuple[str, bytes | None, Message]] = []
         for (record, snapshot), risk in zip(accepted, risks, strict=True):
             current_traceparent.set(child_traceparent(_traceparent(record)))
             provenance = common_pb2.Provenance(
@@ -126,11 +100,11 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
             )
             result = assess(snapshot, float(risk), model, provenance)
             key = snapshot.patient_id.encode()
-            outputs.append((FINDINGS.name, key, result.finding))
+            results.append((FINDINGS.name, key, result.finding))
             if result.alert is not None:
-                outputs.append((ALERTS.name, key, result.alert))
-            outputs.append((GRAPH_MUTATIONS.name, key, result.mutation))
-        await send_all(outputs)
+                results.append((ALERTS.name, key, result.alert))
+            results.append((GRAPH_MUTATIONS.name, key, result.mutation))
+        await outputs.send_all(results)
         PROCESSING_SECONDS.labels(SERVICE, VITALS_SNAPSHOTS.name).observe((time.perf_counter() - started) / len(events))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -22,7 +21,7 @@ from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceReco
 from services.common.graph import TRANSIENT_ERRORS, Graph, Node, Relationship
 from services.common.graph_events import from_mutation
 from services.common.kafka import EventProducer
-from services.common.service import retry_until_done
+from services.common.service import retry_until_done, run_until_signalled
 from services.common.telemetry import (
     CONSUMED,
     GRAPH_ROWS,
@@ -122,12 +121,4 @@ def _report_lag(consumer: Consumer, messages: list) -> None:  # type: ignore[typ
 def main() -> None:
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
-    stop = asyncio.Event()
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(runner())
+    run_until_signalled(lambda stop: run(settings, stop))

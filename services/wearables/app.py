@@ -7,7 +7,6 @@ medstream.wearables.samples.v1 --> per-patient state (faust table) --> 1-min / 1
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -20,12 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
 from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
-from services.common.kafka import make_faust_app, record_headers
+from services.common.kafka import FaustOutputs, make_faust_app
 from services.common.service import retry_until_done
 from services.common.telemetry import (
     CONSUMED,
     PROCESSING_SECONDS,
-    PRODUCED,
     child_traceparent,
     current_traceparent,
     logging_config,
@@ -33,7 +31,7 @@ from services.common.telemetry import (
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FHIR_WRITEBACK, GRAPH_MUTATIONS, WEARABLE_SAMPLES
-from services.common.triton import TritonClient, TritonUnavailable
+from services.common.triton import TritonUnavailable, triton_client
 from services.wearables.pipeline import PatientState, ScoreRequest, StepOutput, apply_risk, step
 
 SERVICE = "wearables"
@@ -45,38 +43,15 @@ BATCH_MAX, BATCH_WITHIN_S = 256, 0.2
 settings = get_settings()
 app = make_faust_app(SERVICE, settings)
 samples_in = app.topic(WEARABLE_SAMPLES.name, key_serializer="raw", value_serializer="raw")
-topics_out = {
-    t.name: app.topic(t.name, key_serializer="raw", value_serializer="raw")
-    for t in (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS)
-}
+outputs = FaustOutputs(app, SERVICE, (ALERTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, DEAD_LETTERS))
 # Per-patient window, feature and episode state; recovered from its changelog topic after a restart.
 # Written after each batch (outside per-event iteration), so the changelog partition comes from the key's
 # partitioner: murmur2 like the producers of the samples topic, which keeps state and input co-partitioned.
 patients = app.Table("wearables-patient-state", key_type=str, value_type=str, use_partitioner=True)
-triton = TritonClient(
-    settings.triton_grpc_url,
-    SERVICE,
-    timeout_s=settings.triton_timeout_s,
-    max_concurrency=settings.triton_max_concurrency,
-    retries=settings.triton_retries,
-)
+triton = triton_client(settings, SERVICE)
 
 
-async def send_all(records: list[tuple[str, bytes | None, Message]]) -> None:
-    """Send and wait for every broker ack before the inputs are acknowledged."""
-    pending = [
-        await topics_out[t].send(key=k, value=m.SerializeToString(), headers=record_headers(m)) for t, k, m in records
-    ]
-    await asyncio.gather(*pending)
-    for t, _, _ in records:
-        PRODUCED.labels(SERVICE, t).inc()
-
-
-async def _dead_letter_send(key: bytes | None, letter: Message) -> None:
-    await send_all([(DEAD_LETTERS.name, key, letter)])
-
-
-dead_letters = DeadLetters(SERVICE, _dead_letter_send)
+dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
 
 
 def validate(batch: wearable_pb2.WearableSampleBatch) -> list[str]:
@@ -150,7 +125,7 @@ async def process(stream):  # type: ignore[no-untyped-def]
                 collect(
                     apply_risk(states[patient_id], patient_id, request, risk, model, now), patient_id.encode(), records
                 )
-        await send_all(records)
+        await outputs.send_all(records)
         for patient_id, state in states.items():
             patients[patient_id] = state.to_json()
         if events:

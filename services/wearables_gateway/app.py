@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from prometheus_client import Counter
 
 from services.common.config import Settings, get_settings
 from services.common.kafka import EventProducer, kafka_ready
+from services.common.service import run_until_signalled
 from services.common.telemetry import configure_logging, health_app
 from services.common.topic_reader import read_messages
 from services.common.topics import WEARABLE_RECEIPTS, WEARABLE_SAMPLES
@@ -246,12 +246,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
-    stop = asyncio.Event()
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(runner())
+    run_until_signalled(lambda stop: serve(settings, stop))
