@@ -344,10 +344,15 @@ def model_names() -> list[str]:
 
 def model_trainers() -> dict[str, Callable[[Path], object]]:
     """Every model in the repository and the function that trains it from the repo's own data."""
+    from services.cds.model import training as cds
     from services.deterioration import training as deterioration
     from services.wearables.glycaemia import training as glycaemia
 
-    return {deterioration.MODEL_NAME: deterioration.train, glycaemia.MODEL_NAME: glycaemia.train}
+    return {
+        deterioration.MODEL_NAME: deterioration.train,
+        glycaemia.MODEL_NAME: glycaemia.train,
+        cds.MODEL_NAME: cds.train,
+    }
 
 
 def ensure_models(force: bool = False) -> list[str]:

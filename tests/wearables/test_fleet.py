@@ -74,7 +74,9 @@ def test_thousand_device_fleet_flows_end_to_end(local_stack, path):
             try:
                 records, _, _ = await graph.driver.execute_query(
                     "MATCH (p:Patient) WHERE p.id IN $ids AND p.hypoglycaemia_risk IS NOT NULL "
-                    "AND p.cgm_7d_tir_percent IS NOT NULL RETURN count(p) AS n", ids=report.patients[500:])
+                    "AND p.cgm_7d_tir_percent IS NOT NULL RETURN count(p) AS n",
+                    ids=report.patients[500:],
+                )
                 return int(records[0]["n"])
             finally:
                 await graph.close()

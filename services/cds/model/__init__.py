@@ -1,0 +1,1 @@
+"""Multimodal differential-diagnosis model: synthetic cohort, note embedding, training, explanations."""
