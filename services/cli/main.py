@@ -34,6 +34,7 @@ SERVICES = {
     "graph-writer": "services.graph_writer.app",
     "wearables-gateway": "services.wearables_gateway.app",
     "wearables": "services.wearables.app",
+    "fhir-gateway": "services.fhir_gateway.app",
 }
 
 

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     wearables_grpc_port: int = 50051
     wearables_max_body_bytes: int = 8 * 1024 * 1024
 
+    # FHIR ingestion gateway: callers and their token hashes (YAML); default: the bundled dev file
+    fhir_clients: Path | None = None
+    fhir_max_body_bytes: int = 4 * 1024 * 1024
+
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: str = "INFO"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from services.common.auth import authenticate
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,23 +37,13 @@ class Vendor:
         return None
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Registry:
     vendors: tuple[Vendor, ...]
 
     def authenticate(self, authorization: str | None) -> Vendor | None:
-        """The vendor whose token is in an `Authorization: Bearer <token>` value, compared in constant time."""
-        if not authorization or not authorization.startswith("Bearer "):
-            return None
-        digest = token_hash(authorization[len("Bearer ") :].strip())
-        for vendor in self.vendors:
-            if hmac.compare_digest(digest, vendor.token_sha256):
-                return vendor
-        return None
+        """The vendor whose token is in an `Authorization: Bearer <token>` value."""
+        return authenticate(authorization, {v.token_sha256: v for v in self.vendors})
 
 
 def parse_registry(doc: Mapping[str, Any]) -> Registry:

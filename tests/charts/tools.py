@@ -31,8 +31,14 @@ CONSUMES = {
     "wearables": WEARABLE_SAMPLES.name,
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
-DEPENDS = {"deterioration": "triton", "graph-writer": "neo4j", "wearables": "triton", "wearables-gateway": None}
-GATEWAYS = {"wearables-gateway": 50051}  # services that take vendor traffic, and their gRPC port
+DEPENDS = {
+    "deterioration": "triton",
+    "graph-writer": "neo4j",
+    "wearables": "triton",
+    "wearables-gateway": None,
+    "fhir-gateway": None,
+}
+GATEWAYS: dict[str, int | None] = {"wearables-gateway": 50051, "fhir-gateway": None}  # outside traffic; gRPC port
 
 
 def find_tool(name: str) -> str:

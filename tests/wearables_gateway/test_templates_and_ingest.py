@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.common.auth import token_hash
 from services.wearables_gateway.app import DEV_REGISTRY
 from services.wearables_gateway.ingest import Limits, content_hash, process
-from services.wearables_gateway.registry import Vendor, load_registry, token_hash
+from services.wearables_gateway.registry import Vendor, load_registry
 from services.wearables_gateway.templates import TemplateError, apply, load_templates, parse_template
 
 pytestmark = pytest.mark.unit

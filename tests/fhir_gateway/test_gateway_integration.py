@@ -1,0 +1,60 @@
+"""The FHIR gateway against real Kafka: a request's resources are committed in one transaction, keyed by patient."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from medstream.events.v1 import fhir_pb2
+
+from services.common.topic_reader import end_offsets, read_records
+from services.common.topics import FHIR_EVENTS
+from tests.conftest import ServiceProcess, unique, wait_for
+from tests.fhir_gateway.test_http import AUTH, CONDITION, OBSERVATION, bundle
+
+pytestmark = pytest.mark.integration
+PORT = 18097
+
+
+@pytest.fixture(scope="module")
+def gateway(local_stack) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess("fhir-gateway", PORT, local_stack.state_dir / "logs").start()
+    wait_for(proc.ready, 60, what="fhir gateway ready")
+    yield proc
+    proc.stop()
+
+
+def test_bundle_is_durable_and_keyed_by_patient_when_answered(local_stack, gateway):
+    patient = unique("pt")
+    ref = {"reference": f"Patient/{patient}"}
+    resources = [
+        {"resourceType": "Patient", "id": patient},
+        {**OBSERVATION, "subject": ref},
+        {**CONDITION, "subject": ref},
+    ]
+    before = end_offsets(local_stack, FHIR_EVENTS.name)
+    resp = httpx.post(f"http://127.0.0.1:{PORT}/fhir/r4", content=json.dumps(bundle(*resources)), headers=AUTH)
+    assert resp.status_code == 200
+    records = [
+        (k, fhir_pb2.FhirResourceEvent.FromString(v)) for k, v, _ in read_records(local_stack, FHIR_EVENTS.name, before)
+    ]
+    mine = [e for k, e in records if k == f"Patient/{patient}".encode()]
+    assert [e.resource_type for e in mine] == ["Patient", "Observation", "Condition"]  # one partition, in order
+    assert json.loads(mine[1].resource_json)["subject"] == ref and mine[1].bundle_id == "b-1"
+
+
+def test_invalid_bundle_publishes_nothing(local_stack, gateway):
+    patient = unique("pt")
+    bad = {**OBSERVATION, "subject": {"reference": f"Patient/{patient}"}, "code": None}
+    before = end_offsets(local_stack, FHIR_EVENTS.name)
+    resp = httpx.post(
+        f"http://127.0.0.1:{PORT}/fhir/r4",
+        content=json.dumps(bundle({"resourceType": "Patient", "id": patient}, bad)),
+        headers=AUTH,
+    )
+    assert resp.status_code == 422
+    assert not [
+        k for k, _, _ in read_records(local_stack, FHIR_EVENTS.name, before) if k == f"Patient/{patient}".encode()
+    ]

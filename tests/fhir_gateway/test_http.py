@@ -1,0 +1,208 @@
+"""The FHIR gateway's answers: valid resources and Bundles published once, 20+ malformed inputs refused with an
+OperationOutcome and nothing published (recording publisher; Kafka is covered in the integration test)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.common.config import Settings
+from services.fhir_gateway.app import DEV_CLIENTS, FHIR_JSON, fhir_app, load_clients
+
+pytestmark = pytest.mark.unit
+AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": FHIR_JSON}
+
+PATIENT = {"resourceType": "Patient", "id": "pt-1", "gender": "female", "birthDate": "1961-04-02"}
+OBSERVATION = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"}]},
+    "subject": {"reference": "Patient/pt-1"},
+    "valueQuantity": {"value": 9.1, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
+}
+CONDITION = {
+    "resourceType": "Condition",
+    "subject": {"reference": "Patient/pt-1"},
+    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "D50.9"}]},
+}
+
+
+def bundle(*resources, kind="transaction"):
+    return {
+        "resourceType": "Bundle",
+        "id": "b-1",
+        "type": kind,
+        "entry": [{"resource": r, "request": {"method": "POST", "url": r["resourceType"]}} for r in resources],
+    }
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, str]] = []
+
+    async def publish(self, accepted, bundle_id=""):
+        self.published += [(a.resource_type, a.patient_reference, bundle_id) for a in accepted]
+
+
+@pytest.fixture
+async def client():
+    settings = Settings(fhir_max_body_bytes=32 * 1024)
+    publisher = RecordingPublisher()
+    async with TestClient(TestServer(fhir_app(settings, load_clients(DEV_CLIENTS), publisher))) as c:
+        c.publisher = publisher
+        yield c
+
+
+async def test_single_resource_is_created(client):
+    resp = await client.post("/fhir/r4/Observation", data=json.dumps(OBSERVATION), headers=AUTH)
+    assert resp.status == 201 and resp.headers["Location"].startswith("Observation/")
+    body = await resp.json()
+    assert body["id"] and client.publisher.published == [("Observation", "Patient/pt-1", "")]
+
+
+async def test_transaction_bundle_is_published_whole(client):
+    resp = await client.post("/fhir/r4", data=json.dumps(bundle(PATIENT, OBSERVATION, CONDITION)), headers=AUTH)
+    assert resp.status == 200
+    assert [e["response"]["status"] for e in (await resp.json())["entry"]] == ["201 Created"] * 3
+    assert [p[0] for p in client.publisher.published] == ["Patient", "Observation", "Condition"]
+    assert {p[2] for p in client.publisher.published} == {"b-1"}
+
+
+async def test_subscription_notification(client):
+    note = {"resourceType": "Bundle", "type": "history", "entry": [{"resource": OBSERVATION}]}
+    resp = await client.post("/fhir/r4/subscription-notification", data=json.dumps(note), headers=AUTH)
+    assert resp.status == 200 and client.publisher.published[0][0] == "Observation"
+
+
+def _with(resource, **changes):
+    r = copy.deepcopy(resource)
+    for k, v in changes.items():
+        if v is None:
+            r.pop(k, None)
+        else:
+            r[k] = v
+    return r
+
+
+MALFORMED = [
+    # (name, path, body, headers, status, issue code)
+    ("no token", "/fhir/r4/Observation", OBSERVATION, {"Content-Type": FHIR_JSON}, 401, "login"),
+    ("wrong token", "/fhir/r4/Observation", OBSERVATION, {**AUTH, "Authorization": "Bearer nope"}, 401, "login"),
+    ("basic auth", "/fhir/r4/Observation", OBSERVATION, {**AUTH, "Authorization": "Basic ZGV2"}, 401, "login"),
+    (
+        "wrong content type",
+        "/fhir/r4/Observation",
+        OBSERVATION,
+        {**AUTH, "Content-Type": "text/plain"},
+        415,
+        "not-supported",
+    ),
+    (
+        "xml content type",
+        "/fhir/r4/Observation",
+        OBSERVATION,
+        {**AUTH, "Content-Type": "application/fhir+xml"},
+        415,
+        "not-supported",
+    ),
+    ("broken json", "/fhir/r4/Observation", '{"resourceType": "Observation",', AUTH, 400, "structure"),
+    ("not utf-8", "/fhir/r4/Observation", b"\xff\xfe\x00", AUTH, 400, "structure"),
+    ("json array", "/fhir/r4/Observation", [OBSERVATION], AUTH, 422, "structure"),
+    ("no resourceType", "/fhir/r4/Observation", _with(OBSERVATION, resourceType=None), AUTH, 422, "required"),
+    (
+        "unsupported type",
+        "/fhir/r4/Basic",
+        {"resourceType": "Basic", "code": {"text": "x"}},
+        AUTH,
+        422,
+        "not-supported",
+    ),
+    ("unknown type", "/fhir/r4/Thing", {"resourceType": "Thing"}, AUTH, 422, "not-supported"),
+    ("type differs from URL", "/fhir/r4/Condition", OBSERVATION, AUTH, 422, "invalid"),
+    ("missing required code", "/fhir/r4/Observation", _with(OBSERVATION, code=None), AUTH, 422, "required"),
+    ("null element", "/fhir/r4/Observation", {**OBSERVATION, "code": None}, AUTH, 422, "structure"),
+    ("missing status", "/fhir/r4/Observation", _with(OBSERVATION, status=None), AUTH, 422, "required"),
+    (
+        "wrong type for value",
+        "/fhir/r4/Observation",
+        _with(OBSERVATION, valueQuantity={"value": "nine", "unit": "g/dL"}),
+        AUTH,
+        422,
+        "invalid",
+    ),
+    ("unknown element", "/fhir/r4/Observation", _with(OBSERVATION, colour="red"), AUTH, 422, "invalid"),
+    ("bad birthDate", "/fhir/r4/Patient", _with(PATIENT, birthDate="02/04/1961"), AUTH, 422, "invalid"),
+    ("bad id", "/fhir/r4/Patient", _with(PATIENT, id="pt 1/../x"), AUTH, 422, "value"),
+    ("no subject", "/fhir/r4/Observation", _with(OBSERVATION, subject=None), AUTH, 422, "required"),
+    (
+        "subject not a Patient",
+        "/fhir/r4/Observation",
+        _with(OBSERVATION, subject={"reference": "Group/g-1"}),
+        AUTH,
+        422,
+        "value",
+    ),
+    (
+        "absolute reference",
+        "/fhir/r4/Observation",
+        _with(OBSERVATION, subject={"reference": "http://elsewhere/Patient/1"}),
+        AUTH,
+        422,
+        "value",
+    ),
+    ("bundle bad type", "/fhir/r4", _with(bundle(OBSERVATION), type="searchset"), AUTH, 422, "value"),
+    ("bundle no entries", "/fhir/r4", _with(bundle(OBSERVATION), entry=[]), AUTH, 422, "required"),
+    (
+        "bundle entry without resource",
+        "/fhir/r4",
+        _with(bundle(OBSERVATION), entry=[{"request": {}}]),
+        AUTH,
+        422,
+        "required",
+    ),
+    (
+        "bundle with one bad entry",
+        "/fhir/r4",
+        bundle(PATIENT, _with(OBSERVATION, code=None), CONDITION),
+        AUTH,
+        422,
+        "required",
+    ),
+    (
+        "oversized body",
+        "/fhir/r4/Observation",
+        _with(OBSERVATION, note=[{"text": "x" * 40_000}]),
+        AUTH,
+        413,
+        "too-costly",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, path, body, headers, status, code", MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_malformed_inputs_get_an_operation_outcome_and_publish_nothing(
+    client, name, path, body, headers, status, code
+):
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    resp = await client.post(path, data=data, headers=headers)
+    assert resp.status == status, await resp.text()
+    outcome = await resp.json(content_type=None)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert code in {i["code"] for i in outcome["issue"]} and all(i["diagnostics"] for i in outcome["issue"])
+    assert client.publisher.published == []
+
+
+def test_there_are_at_least_twenty_malformed_cases():
+    assert len(MALFORMED) >= 20
+
+
+async def test_bundle_errors_name_the_entry(client):
+    resp = await client.post("/fhir/r4", data=json.dumps(bundle(PATIENT, _with(OBSERVATION, code=None))), headers=AUTH)
+    issues = (await resp.json())["issue"]
+    assert any(
+        "Bundle.entry[1]" in i.get("expression", [""])[0] or i["expression"][0].startswith("Observation")
+        for i in issues
+    )
