@@ -115,6 +115,8 @@ class EventProducer:
         self.flush()
         self._closed.set()
         self._poller.join()
+        # Free librdkafka's handle now: a lingering one keeps reconnecting (and logging) after the broker stops.
+        del self._producer
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
