@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,28 +60,28 @@ def _stamp_matches(stamp: Path, content: str) -> bool:
     return stamp.exists() and stamp.read_text() == content
 
 
-class Component:
+class Component(ABC):
     name: str
     marker: str  # a string of the command line that identifies this component's process
     ready_timeout_s: float = 120.0
 
-    def install(self, paths: Paths) -> None:
+    def install(self, paths: Paths) -> None:  # noqa: B027  (optional hook: most components need nothing)
         """Fetch or build what the component needs; a no-op when already done."""
 
-    def prepare(self, paths: Paths) -> None:
+    def prepare(self, paths: Paths) -> None:  # noqa: B027  (optional hook)
         """Write configuration and initialise data before each start."""
 
-    def command(self, paths: Paths) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def command(self, paths: Paths) -> list[str]: ...
 
     def env(self, paths: Paths) -> dict[str, str]:
         return dict(os.environ)
 
-    def ready(self, settings: Settings) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def ready(self, settings: Settings) -> bool: ...
 
-    def describe(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self) -> str: ...
 
     def own_log(self, paths: Paths) -> Path | None:
         """The component's own log file, where it writes more than to stdout."""

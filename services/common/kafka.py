@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import faust
@@ -247,3 +247,23 @@ def make_faust_app(service: str, settings: Settings, **overrides: Any) -> faust.
     }
     conf.update(overrides)
     return faust.App(f"medstream-{service}", **conf)
+
+
+def run_faust_worker(
+    app: faust.App, service: str, settings: Settings, readiness: dict[str, Callable[[], Awaitable[bool]]]
+) -> None:
+    """Run a faust service: JSON logs, `/healthz` `/readyz` `/metrics` on the configured port, then the worker."""
+    from faust.worker import Worker
+
+    from services.common.telemetry import logging_config, start_health_server
+
+    @app.task
+    async def serve_health() -> None:
+        await start_health_server(settings.http_host, settings.http_port, readiness)
+
+    Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(service, settings.log_level),
+        redirect_stdouts=False,
+    ).execute_from_commandline()

@@ -10,22 +10,19 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from faust.worker import Worker
 from google.protobuf.message import Message
 from medstream.events.v1 import common_pb2, vitals_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
 from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
-from services.common.kafka import FaustOutputs, make_faust_app
+from services.common.kafka import FaustOutputs, make_faust_app, run_faust_worker
 from services.common.service import retry_until_done
 from services.common.telemetry import (
     CONSUMED,
     PROCESSING_SECONDS,
     child_traceparent,
     current_traceparent,
-    logging_config,
-    start_health_server,
     traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS
@@ -108,15 +105,5 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
         PROCESSING_SECONDS.labels(SERVICE, VITALS_SNAPSHOTS.name).observe((time.perf_counter() - started) / len(events))
 
 
-@app.task
-async def serve_health() -> None:
-    await start_health_server(settings.http_host, settings.http_port, {"triton": lambda: triton.ready(MODEL_NAME)})
-
-
 def main() -> None:
-    Worker(
-        app,
-        loglevel=settings.log_level,
-        logging_config=logging_config(SERVICE, settings.log_level),
-        redirect_stdouts=False,
-    ).execute_from_commandline()
+    run_faust_worker(app, SERVICE, settings, {"triton": lambda: triton.ready(MODEL_NAME)})
