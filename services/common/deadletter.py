@@ -13,7 +13,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medstream.events.v1 import deadletter_pb2
 
 from services.common.kafka import SCHEMA_HEADER
-from services.common.telemetry import DEAD_LETTERED
+from services.common.telemetry import (
+    CONSUMED,
+    DEAD_LETTERED,
+    child_traceparent,
+    current_traceparent,
+    traceparent_from_headers,
+)
 from services.common.topics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -126,6 +132,20 @@ class DeadLetters:
                 "reason": reason_name,
             },
         )
+
+    async def accept(self, record: SourceRecord, message_type: type[M], validate: Callable[[M], list[str]]) -> M | None:
+        """The consumer's front door: count the record, continue its trace, decode and validate it; a record that
+        fails either is dead-lettered with its reason and None comes back."""
+        CONSUMED.labels(self.service, record.topic).inc()
+        current_traceparent.set(child_traceparent(traceparent_from_headers(record.headers)))
+        message = await self.decode_or_dead_letter(record, message_type)
+        if message is None:
+            return None
+        problems = validate(message)
+        if problems:
+            await self.publish(record, VALIDATION_ERROR, "; ".join(problems))
+            return None
+        return message
 
     async def decode_or_dead_letter(self, record: SourceRecord, message_type: type[M]) -> M | None:
         try:

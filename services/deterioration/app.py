@@ -15,11 +15,10 @@ from medstream.events.v1 import common_pb2, vitals_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
-from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
+from services.common.deadletter import PROCESSING_ERROR, DeadLetters, SourceRecord
 from services.common.kafka import FaustOutputs, make_faust_app, run_faust_worker
 from services.common.service import retry_until_done
 from services.common.telemetry import (
-    CONSUMED,
     PROCESSING_SECONDS,
     child_traceparent,
     current_traceparent,
@@ -54,10 +53,6 @@ async def score(batch: list[vitals_pb2.VitalSignsSnapshot]) -> tuple[np.ndarray,
     return await retry_until_done(call, "triton", retry_on=(TritonUnavailable, OSError))
 
 
-def _traceparent(record: SourceRecord) -> str | None:
-    return traceparent_from_headers(record.headers)
-
-
 @app.agent(vitals_in)
 async def score_vitals(stream):  # type: ignore[no-untyped-def]
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
@@ -65,16 +60,9 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
         accepted: list[tuple[SourceRecord, vitals_pb2.VitalSignsSnapshot]] = []
         for event in events:
             record = SourceRecord.from_faust(event)
-            current_traceparent.set(child_traceparent(_traceparent(record)))
-            CONSUMED.labels(SERVICE, record.topic).inc()
-            snapshot = await dead_letters.decode_or_dead_letter(record, vitals_pb2.VitalSignsSnapshot)
-            if snapshot is None:
-                continue
-            problems = validate(snapshot)
-            if problems:
-                await dead_letters.publish(record, VALIDATION_ERROR, "; ".join(problems))
-                continue
-            accepted.append((record, snapshot))
+            snapshot = await dead_letters.accept(record, vitals_pb2.VitalSignsSnapshot, validate)
+            if snapshot is not None:
+                accepted.append((record, snapshot))
         if not accepted:
             continue
         try:
@@ -87,7 +75,7 @@ async def score_vitals(stream):  # type: ignore[no-untyped-def]
             continue
         results: list[tuple[str, bytes | None, Message]] = []
         for (record, snapshot), risk in zip(accepted, risks, strict=True):
-            current_traceparent.set(child_traceparent(_traceparent(record)))
+            current_traceparent.set(child_traceparent(traceparent_from_headers(record.headers)))
             provenance = common_pb2.Provenance(
                 producer=SERVICE,
                 source_event_id=snapshot.snapshot_id,

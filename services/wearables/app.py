@@ -17,15 +17,11 @@ from prometheus_client import Counter
 from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
-from services.common.deadletter import VALIDATION_ERROR, DeadLetters, SourceRecord
+from services.common.deadletter import DeadLetters, SourceRecord
 from services.common.kafka import FaustOutputs, make_faust_app, run_faust_worker
 from services.common.service import retry_until_done
 from services.common.telemetry import (
-    CONSUMED,
     PROCESSING_SECONDS,
-    child_traceparent,
-    current_traceparent,
-    traceparent_from_headers,
 )
 from services.common.topics import ALERTS, DEAD_LETTERS, FHIR_WRITEBACK, GRAPH_MUTATIONS, WEARABLE_SAMPLES
 from services.common.triton import TritonUnavailable, triton_client
@@ -88,17 +84,11 @@ async def process(stream):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         per_patient: dict[str, list[wearable_pb2.WearableSample]] = defaultdict(list)
         for event in events:
-            record = SourceRecord.from_faust(event)
-            current_traceparent.set(child_traceparent(traceparent_from_headers(record.headers)))
-            CONSUMED.labels(SERVICE, record.topic).inc()
-            batch = await dead_letters.decode_or_dead_letter(record, wearable_pb2.WearableSampleBatch)
-            if batch is None:
-                continue
-            problems = validate(batch)
-            if problems:
-                await dead_letters.publish(record, VALIDATION_ERROR, "; ".join(problems))
-                continue
-            per_patient[batch.samples[0].patient_id].extend(batch.samples)
+            batch = await dead_letters.accept(
+                SourceRecord.from_faust(event), wearable_pb2.WearableSampleBatch, validate
+            )
+            if batch is not None:
+                per_patient[batch.samples[0].patient_id].extend(batch.samples)
         now = time.time()
         records: list[tuple[str, bytes | None, Message]] = []
         pending_scores: list[tuple[str, ScoreRequest]] = []
