@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -24,3 +27,9 @@ def authenticate(authorization: str | None, callers: Mapping[str, T]) -> T | Non
         if hmac.compare_digest(digest, known):
             found = caller
     return found
+
+
+def load_clients(path: Path) -> dict[str, str]:
+    """token hash -> caller id from a YAML file of `clients: [{id, token_sha256}]`."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    return {c["token_sha256"]: c["id"] for c in doc.get("clients", [])}

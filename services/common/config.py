@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     fhir_clients: Path | None = None
     fhir_max_body_bytes: int = 4 * 1024 * 1024
 
+    # Decision support: weight of the model against the HPO phenotype match, cards per patient
+    cds_alpha: float = 0.7
+    cds_top: int = 3
+    # CDS Hooks service: callers (EHRs) and their token hashes, same YAML shape as fhir_clients
+    cds_hooks_clients: Path | None = None
+
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: str = "INFO"

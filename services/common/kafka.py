@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faust
@@ -24,11 +26,26 @@ SCHEMA_HEADER = "medstream-schema"
 Headers = list[tuple[str, bytes]]
 
 
-def schema_of(message: ProtoMessage) -> str:
-    return message.DESCRIPTOR.full_name
+@dataclass(frozen=True, slots=True)
+class JsonDocument:
+    """A JSON record value (for topics whose consumers expect a JSON standard, e.g. CDS Hooks responses);
+    `schema` goes in the schema header where protobuf records put their message name."""
+
+    schema: str
+    body: Mapping[str, Any]
+
+    def SerializeToString(self) -> bytes:  # the protobuf method name FaustOutputs calls
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def record_headers(message: ProtoMessage, traceparent: str | None = None) -> Headers:
+Record = ProtoMessage | JsonDocument
+
+
+def schema_of(message: Record) -> str:
+    return message.schema if isinstance(message, JsonDocument) else message.DESCRIPTOR.full_name
+
+
+def record_headers(message: Record, traceparent: str | None = None) -> Headers:
     return [
         (SCHEMA_HEADER, schema_of(message).encode()),
         (TRACEPARENT, (traceparent or current_traceparent.get() or new_traceparent()).encode()),
@@ -212,7 +229,7 @@ class FaustOutputs:
         self.service = service
         self.topics = {s.name: app.topic(s.name, key_serializer="raw", value_serializer="raw") for s in specs}
 
-    async def send_all(self, records: Iterable[tuple[str, bytes | None, ProtoMessage]]) -> None:
+    async def send_all(self, records: Iterable[tuple[str, bytes | None, Record]]) -> None:
         records = list(records)
         pending = [
             await self.topics[topic].send(key=key, value=msg.SerializeToString(), headers=record_headers(msg))
@@ -222,12 +239,36 @@ class FaustOutputs:
         for topic, _, _ in records:
             PRODUCED.labels(self.service, topic).inc()
 
-    async def send(self, topic: str, key: bytes | None, message: ProtoMessage) -> None:
+    async def send(self, topic: str, key: bytes | None, message: Record) -> None:
         await self.send_all([(topic, key, message)])
 
 
-def make_faust_app(service: str, settings: Settings, **overrides: Any) -> faust.App:
-    """A faust app wired to the configured cluster: at-least-once, acks=all, state under the state dir."""
+_READ_COMMITTED_APPS: set[str] = set()
+
+
+def _read_committed_consumers() -> None:
+    """faust reads uncommitted records unless it runs exactly-once itself; an app that consumes a topic written in
+    Kafka transactions (the FHIR gateway's) must not see aborted ones. aiokafka takes the isolation level in
+    `start()`, so setting it on the fresh consumer is enough."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "medstream_read_committed", False):
+        return
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        if self.app.conf.id in _READ_COMMITTED_APPS:
+            consumer._isolation_level = "read_committed"
+        return consumer
+
+    create.medstream_read_committed = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def make_faust_app(service: str, settings: Settings, read_committed: bool = False, **overrides: Any) -> faust.App:
+    """A faust app wired to the configured cluster: at-least-once, acks=all, state under the state dir.
+    `read_committed`: skip records of aborted Kafka transactions (for topics producers write transactionally)."""
     datadir = settings.state_dir / "faust" / service
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     conf: dict[str, Any] = {
@@ -246,6 +287,9 @@ def make_faust_app(service: str, settings: Settings, **overrides: Any) -> faust.
         "processing_guarantee": "at_least_once",
     }
     conf.update(overrides)
+    if read_committed:
+        _read_committed_consumers()
+        _READ_COMMITTED_APPS.add(f"medstream-{service}")
     return faust.App(f"medstream-{service}", **conf)
 
 

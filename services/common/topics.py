@@ -14,7 +14,7 @@ DAY_MS = 24 * 60 * 60 * 1000
 class TopicSpec:
     name: str
     key: str
-    value_type: str  # fully qualified protobuf message name
+    value_type: str  # fully qualified protobuf message name, or "JSON: <standard>"
     description: str
     partitions: int | None = None  # None: the deployment's default (MEDSTREAM_KAFKA_TOPIC_PARTITIONS)
     retention_ms: int = 7 * DAY_MS
@@ -80,6 +80,13 @@ FHIR_WRITEBACK = TopicSpec(
     description="FHIR R4 resources medstream derived (e.g. hourly wearable Observations) for EHR write-back.",
     retention_ms=30 * DAY_MS,
 )
+CDS_SUGGESTIONS = TopicSpec(
+    "medstream.cds.suggestions.v1",
+    key="patient_reference",
+    value_type="JSON: CDS Hooks 2.0 response (cards) + suggestionId, patient, model",
+    description="Differential-diagnosis suggestions as CDS Hooks cards, each with its explanation and model version.",
+    retention_ms=30 * DAY_MS,
+)
 GRAPH_MUTATIONS = TopicSpec(
     "medstream.graph.mutations.v1",
     key="patient_id",
@@ -104,6 +111,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     FINDINGS,
     ALERTS,
     FHIR_WRITEBACK,
+    CDS_SUGGESTIONS,
     GRAPH_MUTATIONS,
     DEAD_LETTERS,
 )

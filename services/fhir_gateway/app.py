@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter
 
-from services.common.auth import authenticate
+from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
 from services.common.kafka import kafka_ready, record_headers
 from services.common.service import run_until_signalled
@@ -65,7 +64,7 @@ class TransactionalPublisher:
                     self._producer.produce(
                         FHIR_EVENTS.name,
                         event.SerializeToString(),
-                        key=a.patient_reference.encode(),
+                        key=a.key.encode(),
                         headers=record_headers(event),  # type: ignore[arg-type]
                     )
                 self._producer.commit_transaction(30)
@@ -80,11 +79,6 @@ class TransactionalPublisher:
         await asyncio.to_thread(self._publish, accepted, bundle_id)
         for a in accepted:
             RESOURCES.labels(SERVICE, a.resource_type).inc()
-
-
-def load_clients(path: Path) -> dict[str, str]:
-    doc = yaml.safe_load(path.read_text()) or {}
-    return {c["token_sha256"]: c["id"] for c in doc.get("clients", [])}
 
 
 def outcome_response(status: int, issues: list[Issue]) -> web.Response:
@@ -140,7 +134,7 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
         return web.json_response(
             {
                 "resourceType": "Bundle",
-                "type": "batch-response",
+                "type": "transaction-response" if doc.get("type") == "transaction" else "batch-response",
                 "entry": [
                     {"response": {"status": "201 Created", "location": f"{a.resource_type}/{a.resource_id}"}}
                     for a in checked.accepted

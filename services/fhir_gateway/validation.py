@@ -26,8 +26,13 @@ ACCEPTED_TYPES = frozenset(
         "DiagnosticReport",
         "AllergyIntolerance",
         "Procedure",
+        # Shared resources a transaction Bundle brings along (the performer of a lab): accepted and published,
+        # keyed by their own reference since they belong to no patient.
+        "Practitioner",
+        "Organization",
     }
 )
+PATIENTLESS_TYPES = frozenset({"Practitioner", "Organization"})
 _REFERENCE = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,64}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -43,8 +48,13 @@ class Issue:
 class Accepted:
     resource_type: str
     resource_id: str
-    patient_reference: str
+    patient_reference: str  # "" for Practitioner / Organization
     resource: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Kafka key: the patient, so a patient's events stay in order; a shared resource's own reference."""
+        return self.patient_reference or f"{self.resource_type}/{self.resource_id}"
 
 
 @dataclass
@@ -125,6 +135,8 @@ def check_resource(resource: Any, path: str = "") -> tuple[Accepted | None, list
         ]
     except (ValueError, TypeError) as exc:
         return None, [Issue("invalid", str(exc)[:500], rtype)]
+    if rtype in PATIENTLESS_TYPES:
+        return Accepted(rtype, resource["id"], "", resource), []
     ref = patient_reference(resource)
     if rtype != "Patient":
         if ref is None:
@@ -135,6 +147,58 @@ def check_resource(resource: Any, path: str = "") -> tuple[Accepted | None, list
     return Accepted(rtype, resource["id"], ref, resource), []
 
 
+_ABSOLUTE = re.compile(r"^https?://.+/(?P<ref>[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_URN = re.compile(r"^urn:uuid:(?P<uuid>[0-9a-fA-F-]{36})$")
+
+
+def _entry_reference(entry: dict[str, Any]) -> tuple[str, str] | None:
+    """(fullUrl, "Type/id") for a transaction entry whose resource will be stored under a local reference."""
+    resource, full_url = entry.get("resource"), entry.get("fullUrl")
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return None
+    rtype = resource["resourceType"]
+    request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+    url = request.get("url") if isinstance(request.get("url"), str) else ""
+    if request.get("method") == "PUT" and url.startswith(f"{rtype}/") and _ID.match(url.split("/", 1)[1]):
+        resource_id = url.split("/", 1)[1]
+    elif isinstance(resource.get("id"), str):
+        resource_id = resource["id"]
+    elif isinstance(full_url, str) and (m := _URN.match(full_url)):
+        # A create in a transaction: the server picks the id. Taking the entry's UUID makes a re-sent bundle
+        # update the same resources instead of creating copies.
+        resource_id = m["uuid"].lower()
+    else:
+        return None
+    resource["id"] = resource_id
+    if not isinstance(full_url, str):
+        return None
+    return full_url, f"{rtype}/{resource_id}"
+
+
+def _rewrite(value: Any, references: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        out = {k: _rewrite(v, references) for k, v in value.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str):
+            if ref in references:
+                out["reference"] = references[ref]
+            elif m := _ABSOLUTE.match(ref):
+                out["reference"] = m["ref"]
+        return out
+    if isinstance(value, list):
+        return [_rewrite(v, references) for v in value]
+    return value
+
+
+def resolve_references(doc: dict[str, Any]) -> dict[str, Any]:
+    """A batch/transaction Bundle with its entries' ids assigned and `urn:uuid:` / absolute references to other
+    entries rewritten as local `Type/id` references (FHIR R4 3.1.0.11.3: transaction processing rules)."""
+    entries = [dict(e, resource=dict(e["resource"])) if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+               else e for e in doc.get("entry", [])]  # fmt: skip
+    references = dict(filter(None, (_entry_reference(e) for e in entries if isinstance(e, dict))))
+    return {**doc, "entry": [_rewrite(e, references) if isinstance(e, dict) else e for e in entries]}
+
+
 def check_body(doc: Any, expected_type: str | None = None) -> Checked:
     """A single resource, or a batch/transaction Bundle (all entries valid or nothing accepted)."""
     out = Checked()
@@ -143,6 +207,8 @@ def check_body(doc: Any, expected_type: str | None = None) -> Checked:
             out.issues.append(Issue("value", "Bundle.type must be batch, transaction or a notification", "Bundle.type"))
             return out
         entries = doc.get("entry")
+        if isinstance(entries, list) and doc.get("type") in ("batch", "transaction"):
+            entries = resolve_references(doc)["entry"]
         if not isinstance(entries, list) or not entries:
             out.issues.append(Issue("required", "Bundle has no entries", "Bundle.entry"))
             return out

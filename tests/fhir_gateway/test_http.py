@@ -9,8 +9,9 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.common.auth import load_clients
 from services.common.config import Settings
-from services.fhir_gateway.app import DEV_CLIENTS, FHIR_JSON, fhir_app, load_clients
+from services.fhir_gateway.app import DEV_CLIENTS, FHIR_JSON, fhir_app
 
 pytestmark = pytest.mark.unit
 AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": FHIR_JSON}
@@ -206,3 +207,53 @@ async def test_bundle_errors_name_the_entry(client):
         "Bundle.entry[1]" in i.get("expression", [""])[0] or i["expression"][0].startswith("Observation")
         for i in issues
     )
+
+
+async def test_carebundle_transactions_resolve_urn_uuid_references():
+    """carebundle's Bundles (every profile) use urn:uuid fullUrls: the gateway takes each UUID as the id and
+    rewrites the references, so every resource lands under its patient, and a re-sent bundle keeps its ids."""
+    from carebundle import generate_bundle, to_json
+
+    publisher = RecordingPublisher()
+    async with TestClient(TestServer(fhir_app(Settings(), load_clients(DEV_CLIENTS), publisher))) as client:
+        for profile in ("healthy", "type2_diabetes", "hypertension", "ckd_stage3", "anaemia"):
+            doc = json.loads(to_json(generate_bundle(profile=profile, seed=11)))
+            patient = next(e for e in doc["entry"] if e["resource"]["resourceType"] == "Patient")["fullUrl"][9:]
+            publisher.published.clear()
+            r = await client.post("/fhir/r4", data=json.dumps(doc), headers=AUTH)
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+            assert answer["type"] == "transaction-response"
+            assert len(answer["entry"]) == len(doc["entry"])
+            refs = {ref for _, ref, _ in publisher.published}
+            assert refs == {f"Patient/{patient}", ""}, refs  # "" for the Practitioner: keyed by its own id
+            again = await client.post("/fhir/r4", data=json.dumps(doc), headers=AUTH)
+            locations = [e["response"]["location"] for e in (await again.json())["entry"]]
+            assert locations == [e["response"]["location"] for e in answer["entry"]]
+
+
+def test_resolve_references_rewrites_only_bundle_entries():
+    from services.fhir_gateway.validation import resolve_references
+
+    doc = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "http://ehr.example/fhir/Encounter/e-9", "resource": {"resourceType": "Encounter", "id": "e-9"},
+             "request": {"method": "PUT", "url": "Encounter/e-9"}},
+            {"resource": {"resourceType": "Observation",
+                          "subject": {"reference": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001"},
+                          "encounter": {"reference": "http://ehr.example/fhir/Encounter/e-9"},
+                          "performer": [{"reference": "urn:uuid:ffffffff-0000-4000-8000-000000000000"}]},
+             "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }  # fmt: skip
+    out = resolve_references(doc)
+    assert out["entry"][0]["resource"]["id"] == "0b1c2d3e-0000-4000-8000-000000000001"
+    obs = out["entry"][2]["resource"]
+    assert obs["subject"]["reference"] == "Patient/0b1c2d3e-0000-4000-8000-000000000001"
+    assert obs["encounter"]["reference"] == "Encounter/e-9"
+    assert obs["performer"][0]["reference"] == "urn:uuid:ffffffff-0000-4000-8000-000000000000"  # not in the bundle
+    assert "id" not in doc["entry"][0]["resource"], "the input is not modified"
