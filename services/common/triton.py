@@ -137,11 +137,28 @@ class TritonClient:
     async def infer_rows(
         self, model: str, input_name: str, rows: np.ndarray, output: str, max_batch: int = 64
     ) -> tuple[np.ndarray, str]:
-        """Infer many rows as requests of at most `max_batch` (the model's max_batch_size bounds one request);
-        they go out concurrently, so the server's dynamic batcher can combine them. Returns (outputs, version)."""
-        chunks = [rows[i : i + max_batch] for i in range(0, len(rows), max_batch)]
-        results = await asyncio.gather(*(self.infer(model, {input_name: c}, [output]) for c in chunks))
-        return np.concatenate([r.outputs[output] for r in results]), results[0].model_version
+        """`infer_many` with one input and one output. Returns (outputs, version)."""
+        outputs, version = await self.infer_many(model, {input_name: rows}, [output], max_batch)
+        return outputs[output], version
+
+    async def infer_many(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], max_batch: int = 64
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Infer many rows (every input has the same number) as requests of at most `max_batch` rows (the model's
+        max_batch_size bounds one request); they go out concurrently, so the server's dynamic batcher can combine
+        them. Returns ({output name: all rows}, version); every row comes from that one model version."""
+        counts = sorted({len(array) for array in inputs.values()})
+        if len(counts) != 1 or counts[0] == 0:
+            raise ValueError(f"every input needs the same, non-zero number of rows; got {counts}")
+        n = counts[0]
+        chunks = [{name: array[i : i + max_batch] for name, array in inputs.items()} for i in range(0, n, max_batch)]
+        results = await asyncio.gather(*(self.infer(model, c, outputs) for c in chunks))
+        versions = {r.model_version for r in results}
+        if len(versions) > 1:  # a new version was loaded mid-call: ask the newest one for every chunk
+            newest = max(versions, key=int)
+            results = await asyncio.gather(*(self.infer(model, c, outputs, version=newest) for c in chunks))
+        merged = {name: np.concatenate([r.outputs[name] for r in results]) for name in outputs}
+        return merged, results[0].model_version
 
     async def _infer_once(
         self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], version: str
