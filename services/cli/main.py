@@ -35,6 +35,8 @@ SERVICES = {
     "wearables-gateway": "services.wearables_gateway.app",
     "wearables": "services.wearables.app",
     "fhir-gateway": "services.fhir_gateway.app",
+    "decision-support": "services.cds.app",
+    "cds-hooks": "services.cds.hooks",
 }
 
 

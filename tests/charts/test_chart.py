@@ -21,6 +21,7 @@ from tests.charts.tools import (
     KUBE_VERSION,
     PRODUCTION,
     VARIANTS,
+    WITHOUT_KAFKA,
     by_kind,
     chart_values,
     component,
@@ -148,7 +149,8 @@ def test_every_service_is_in_the_chart() -> None:
     assert set(chart_values()["services"]) == set(SERVICES), "services/cli/main.py SERVICES and values.services differ"
     assert set(DEPENDS) == set(SERVICES), "tell these tests what a new service depends on"
     for name, svc in chart_values()["services"].items():
-        assert set(svc["uses"]) == {"kafka"} | ({DEPENDS[name]} if DEPENDS[name] else set()), name
+        kafka = set() if name in WITHOUT_KAFKA else {"kafka"}
+        assert set(svc["uses"]) == kafka | ({DEPENDS[name]} if DEPENDS[name] else set()), name
         assert svc["consumerGroup"] == (f"medstream-{name}" if name in CONSUMES else ""), name
         assert svc["topics"] == ([CONSUMES[name]] if name in CONSUMES else []), name
 
@@ -261,7 +263,7 @@ def test_network_policies_allow_only_the_architecture(manifests: list[dict[str, 
         )
         assert ingress_ports == expected_in, f"{name}: Prometheus scrapes http; only a gateway takes more"
         dependency = {"triton": 8001, "neo4j": 7687, None: None}[DEPENDS[name]]
-        assert egress_ports - {dependency} <= {53, 9092, 9093}, name
+        assert egress_ports - {dependency} <= ({53} if name in WITHOUT_KAFKA else {53, 9092, 9093}), name
         assert 53 in egress_ports and (dependency is None or dependency in egress_ports), name
         if dependency == 8001 and triton_on:
             rule = next(r for r in spec["egress"] if r["ports"][0]["port"] == 8001)

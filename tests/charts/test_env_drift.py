@@ -9,19 +9,14 @@ from typing import Any
 import pytest
 
 from services.common.config import Settings
-from tests.charts.tools import DEPENDS, VARIANTS, by_kind, component, render_variant
+from tests.charts.tools import DEPENDS, VARIANTS, WITHOUT_KAFKA, by_kind, component, render_variant
 
 pytestmark = pytest.mark.unit
 
 SETTINGS = {f"MEDSTREAM_{name.upper()}" for name in Settings.model_fields}
 # Without these a service runs against the local-stack defaults (127.0.0.1) or cannot be reached or write.
-REQUIRED_ALL = {
-    "MEDSTREAM_KAFKA_BOOTSTRAP_SERVERS",
-    "MEDSTREAM_KAFKA_SECURITY_PROTOCOL",
-    "MEDSTREAM_HTTP_HOST",
-    "MEDSTREAM_HTTP_PORT",
-    "MEDSTREAM_STATE_DIR",
-}
+REQUIRED_ALL = {"MEDSTREAM_HTTP_HOST", "MEDSTREAM_HTTP_PORT", "MEDSTREAM_STATE_DIR"}
+REQUIRED_KAFKA = {"MEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", "MEDSTREAM_KAFKA_SECURITY_PROTOCOL"}
 REQUIRED_BY_DEPENDENCY = {
     "triton": {"MEDSTREAM_TRITON_GRPC_URL"},
     "neo4j": {"MEDSTREAM_NEO4J_URI", "MEDSTREAM_NEO4J_USER", "MEDSTREAM_NEO4J_DATABASE"},
@@ -61,11 +56,16 @@ def test_chart_sets_every_required_setting(rendered):
     variant, services = rendered
     for name, (env, _) in services.items():
         needed = REQUIRED_ALL | REQUIRED_BY_DEPENDENCY.get(DEPENDS[name] or "", set())
-        protocol = env["MEDSTREAM_KAFKA_SECURITY_PROTOCOL"]
-        if protocol.startswith("SASL"):
-            needed |= {f"MEDSTREAM_KAFKA_SASL_{k}" for k in ("MECHANISM", "USERNAME", "PASSWORD")}
-        if protocol.endswith("SSL"):
-            needed |= {"MEDSTREAM_KAFKA_SSL_CAFILE"}
+        if name in WITHOUT_KAFKA:
+            kafka = sorted(k for k in env if k.startswith("MEDSTREAM_KAFKA_"))
+            assert not kafka, f"{variant}/{name}: never touches Kafka, yet the chart sets {kafka}"
+        else:
+            needed |= REQUIRED_KAFKA
+            protocol = env["MEDSTREAM_KAFKA_SECURITY_PROTOCOL"]
+            if protocol.startswith("SASL"):
+                needed |= {f"MEDSTREAM_KAFKA_SASL_{k}" for k in ("MECHANISM", "USERNAME", "PASSWORD")}
+            if protocol.endswith("SSL"):
+                needed |= {"MEDSTREAM_KAFKA_SSL_CAFILE"}
         missing = needed - set(env)
         assert not missing, f"{variant}/{name}: {sorted(missing)} not set"
 
@@ -85,7 +85,9 @@ def test_values_parse_as_settings(rendered, monkeypatch: pytest.MonkeyPatch):
             settings.kafka_ssl_cafile,
             settings.kafka_ssl_certfile,
             settings.kafka_ssl_keyfile,
-            getattr(settings, "wearables_registry", None),
+            settings.wearables_registry,
+            settings.fhir_clients,
+            settings.cds_hooks_clients,
             settings.state_dir,
         ):
             if path is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.common.topics import GRAPH_MUTATIONS, VITALS_SNAPSHOTS, WEARABLE_SAMPLES
+from services.common.topics import FHIR_EVENTS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS, WEARABLE_SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medstream"
@@ -29,6 +29,7 @@ CONSUMES = {
     "deterioration": VITALS_SNAPSHOTS.name,
     "graph-writer": GRAPH_MUTATIONS.name,
     "wearables": WEARABLE_SAMPLES.name,
+    "decision-support": FHIR_EVENTS.name,
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS = {
@@ -37,8 +38,13 @@ DEPENDS = {
     "wearables": "triton",
     "wearables-gateway": None,
     "fhir-gateway": None,
+    "decision-support": "triton",
+    "cds-hooks": "triton",
 }
-GATEWAYS: dict[str, int | None] = {"wearables-gateway": 50051, "fhir-gateway": None}  # outside traffic; gRPC port
+# Outside traffic; the gRPC port, if any.
+GATEWAYS: dict[str, int | None] = {"wearables-gateway": 50051, "fhir-gateway": None, "cds-hooks": None}
+# Services that never touch Kafka (no bootstrap servers, credentials or broker egress).
+WITHOUT_KAFKA = {"cds-hooks"}
 
 
 def find_tool(name: str) -> str:
