@@ -1,6 +1,6 @@
 import pytest
 
-from services.cds.knowledge.hpo import ontology, parse_frequency, parse_hpoa, parse_obo
+from services.cds.knowledge.hpo import hpoa_version, ontology, parse_frequency, parse_hpoa, parse_obo
 from services.cds.knowledge.loader import (
     ICD10CM_SYSTEM,
     IcdEntry,
@@ -68,6 +68,8 @@ def test_hpoa_keeps_phenotype_rows_with_frequency_and_negation():
         ("HP:0001166", 0.895, False),
         ("HP:0001250", pytest.approx(3 / 7), True),
     ]
+    assert hpoa_version(HPOA.splitlines(keepends=True)) == "2025-01-16"
+    assert hpoa_version(HPOA.splitlines(keepends=True)[1:]) == "unknown"
 
 
 @pytest.mark.parametrize(

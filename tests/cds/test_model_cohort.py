@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
+from services.cds.knowledge.hpo import hpoa_version, parse_hpoa, parse_obo
+from services.cds.labs import LAB_INDEX, LAB_KEYS, ckd_epi_2021
 from services.cds.model.cohort import CohortSpec, build, presentation, render_note, sample_labs
 from services.cds.model.diseases import DISEASES, RARE_KEYS
-from services.cds.model.hpo import HpoProfile, Phenotype, parse_annotations, parse_frequency, parse_terms
-from services.cds.model.labs import LAB_INDEX, LAB_KEYS, ckd_epi_2021, observations_to_values, panel
+from services.cds.model.hpo import HpoProfile, Phenotype, parse_frequency, profiles
 
 pytestmark = pytest.mark.unit
 
@@ -27,6 +26,8 @@ OBO = [
     "id: HP:0000001\n",
     "name: Tall stature\n",
     'synonym: "Increased body height" EXACT []\n',
+    'synonym: "IBH" EXACT abbreviation []\n',
+    'synonym: "Big" BROAD []\n',
     "[Term]\n",
     "id: HP:0000009\n",
     "alt_id: HP:0000002\n",
@@ -34,24 +35,24 @@ OBO = [
 ]
 
 
-def test_hpo_annotations_average_duplicates_keep_not_and_skip_other_aspects() -> None:
-    parsed = parse_annotations(HPOA, {1})
-    name, freqs, negated = parsed[1]
-    assert name == "Toy disease" and freqs == {"HP:0000001": [0.75, 0.25]} and negated == {"HP:0000002"}
-    assert 2 not in parsed
+def test_hpo_profiles_average_duplicates_keep_not_resolve_alt_ids_and_skip_other_aspects() -> None:
+    _, terms = parse_obo(OBO)
+    found = profiles(parse_hpoa(HPOA), terms, hpoa_version(HPOA))
+    toy = found[1]
+    assert (toy.omim, toy.name, toy.hpo_version) == (1, "Toy disease", "2025-01-16")
+    # EXACT synonyms and abbreviations, in hp.obo's case-insensitive order
+    assert toy.phenotypes == (Phenotype("HP:0000001", "Tall stature", ("IBH", "Increased body height"), 0.5),)
+    assert toy.excluded == (Phenotype("HP:0000002", "Lens subluxation", (), 0.0),)  # an alt_id of HP:0000009
+    assert found[2].phenotypes == ()  # HP:0000003 is not in the ontology
 
 
 def test_hpo_frequency_forms() -> None:
     assert parse_frequency("HP:0040281") == pytest.approx(0.9)
+    assert parse_frequency("HP:0040282") == pytest.approx(0.55)
+    assert parse_frequency("HP:0040283") == pytest.approx(0.17)
     assert parse_frequency("5/20") == pytest.approx(0.25)
     assert parse_frequency("40%") == pytest.approx(0.4)
     assert 0 < parse_frequency("") < 1
-
-
-def test_obo_terms_resolve_alt_ids_and_exact_synonyms() -> None:
-    terms = parse_terms(OBO, {"HP:0000001", "HP:0000002"})
-    assert terms["HP:0000001"] == ("Tall stature", ("Increased body height",))
-    assert terms["HP:0000002"][0] == "Lens subluxation"
 
 
 def _presentations() -> dict[str, list[tuple[tuple[str, ...], float]]]:
@@ -83,26 +84,6 @@ def test_labs_are_positive_and_egfr_comes_with_creatinine() -> None:
         assert ("egfr" in values) <= ("creatinine" in values)
         if "creatinine" in values:
             assert values["egfr"] == pytest.approx(ckd_epi_2021(values["creatinine"], 35, False), abs=1)
-
-
-def test_ckd_epi_2021_reference_value() -> None:
-    # 50-year-old woman, creatinine 1.0 mg/dL: 142 * (1/0.7)^-1.2 * 0.9938^50 * 1.012 ~ 68
-    assert ckd_epi_2021(1.0, 50, True) == pytest.approx(68.4, abs=0.5)
-
-
-def test_fhir_observations_map_to_panel_order() -> None:
-    resources = [
-        {"resourceType": "Patient"},
-        {
-            "resourceType": "Observation",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
-            "valueQuantity": {"value": "11.8", "unit": "g/dL"},
-        },
-        {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}},
-    ]
-    row = panel(observations_to_values(resources))
-    assert len(row) == len(LAB_KEYS) and row[LAB_INDEX["haemoglobin"]] == 11.8
-    assert math.isnan(row[LAB_INDEX["ferritin"]])
 
 
 def test_small_cohort_from_carebundle_and_hpo() -> None:

@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from services.cds.labs import LAB_INDEX, PANEL
 from services.cds.model.explain import explain, sentences
-from services.cds.model.labs import LAB_INDEX, LABS
 from services.cds.model.network import CdsMultimodal, focal_loss, lab_statistics
 
 pytestmark = pytest.mark.unit
-N_LABS, N_CLASSES = len(LABS), 6
+N_LABS, N_CLASSES = len(PANEL), 6
 
 
 def _model(seed: int = 0) -> CdsMultimodal:
     torch.manual_seed(seed)
     labs = np.abs(np.random.default_rng(seed).normal(5, 2, size=(50, N_LABS))).astype(np.float32) + 0.1
-    mean, std = lab_statistics(labs, [lab.log for lab in LABS])
-    return CdsMultimodal(mean, std, [lab.log for lab in LABS], N_CLASSES, hidden=32).eval()
+    mean, std = lab_statistics(labs, [lab.log for lab in PANEL])
+    return CdsMultimodal(mean, std, [lab.log for lab in PANEL], N_CLASSES, hidden=32).eval()
 
 
 def _inputs(batch: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

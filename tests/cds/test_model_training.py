@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from services.cds.labs import PANEL
 from services.cds.model import training
 from services.cds.model.diseases import DISEASES
-from services.cds.model.labs import LABS
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +41,7 @@ def test_tiny_training_run_writes_servable_model(tmp_path: Path) -> None:
     labels = json.loads((tmp_path / "a" / "1" / "labels.json").read_text())
     assert labels == json.loads(extra["labels.json"]) == [d.key for d in DISEASES]
     emb = torch.from_numpy(_hash_embed(["a note", "another note"]))
-    labs = torch.full((2, len(LABS)), float("nan"))
+    labs = torch.full((2, len(PANEL)), float("nan"))
     labs[0, 0] = 12.5
     probs = model(emb, labs)
     assert probs.shape == (2, len(labels)) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)

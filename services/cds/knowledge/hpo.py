@@ -171,6 +171,16 @@ def parse_hpoa(lines: Iterable[str]) -> list[Annotation]:
     return out
 
 
+def hpoa_version(lines: Iterable[str]) -> str:
+    """The `#version:` header of phenotype.hpoa (its release date); "unknown" when the header has none."""
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        if line.startswith("#version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def build(version: str, terms: Iterable[Term], annotations: Iterable[Annotation]) -> Ontology:
     """Index terms, close IS_A transitively, group annotations into diseases and compute IC (pure)."""
     by_id = {t.hpo_id: t for t in terms}

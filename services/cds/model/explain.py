@@ -10,7 +10,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from services.cds.model.labs import LABS
+from services.cds.labs import PANEL
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -79,7 +79,7 @@ def explain(
         no_labs = float(probability(baseline)[0])
     present = [i for i in range(n) if not bool(missing[0, i])]
     lab_items = sorted(
-        (Contribution(LABS[i].key, float(raw[0, i]), float(per_lab[i])) for i in present),
+        (Contribution(PANEL[i].key, float(raw[0, i]), float(per_lab[i])) for i in present),
         key=lambda c: -abs(c.contribution),
     )[:top_k]
 

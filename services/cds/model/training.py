@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.cds.labs import PANEL
 from services.cds.model.cohort import DEFAULT_CACHE, Cohort, CohortSpec, generate
 from services.cds.model.diseases import DISEASES, RARE_KEYS
 from services.cds.model.embedding import MODEL_ID, embed
 from services.cds.model.explain import explain
-from services.cds.model.labs import LABS
 from services.cds.model.network import CdsMultimodal, fit_head, lab_statistics, predict_proba
 
 __all__ = ["MODEL_NAME", "Evaluation", "main", "train"]
@@ -227,7 +227,7 @@ def train(
     train_idx, val_sub = stratified_split(y[dev], VALIDATION_FRACTION, seed + 1)
     train_idx, val = dev[train_idx], dev[val_sub]
 
-    log_mask = [lab.log for lab in LABS]
+    log_mask = [lab.log for lab in PANEL]
     mean, std = lab_statistics(labs[train_idx], log_mask)
     n_emb = embeddings.shape[1]
 
