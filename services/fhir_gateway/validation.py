@@ -157,8 +157,9 @@ def _entry_reference(entry: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return None
     rtype = resource["resourceType"]
-    request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
-    url = request.get("url") if isinstance(request.get("url"), str) else ""
+    raw_request = entry.get("request")
+    request: dict[str, Any] = raw_request if isinstance(raw_request, dict) else {}
+    url = str(request["url"]) if isinstance(request.get("url"), str) else ""
     if request.get("method") == "PUT" and url.startswith(f"{rtype}/") and _ID.match(url.split("/", 1)[1]):
         resource_id = url.split("/", 1)[1]
     elif isinstance(resource.get("id"), str):
