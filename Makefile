@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables eval-wearables eval-cds kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds eval-wearables eval-cds kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -48,6 +48,9 @@ bench-spine: setup
 
 bench-wearables: setup  ## ingestion HTTP vs gRPC, worker vs bare consumer, accepted-to-alert latency
 	$(PY) -m benchmarks.wearables
+
+bench-cds: setup  ## FHIR accepted -> suggestion p50/p99, CDS Hooks p50/p99, cases/s batched vs one by one
+	$(PY) -m benchmarks.cds
 
 eval-cds: setup  ## train/evaluate the decision-support model: plain vs SMOTE vs focal loss, fp32 vs int8
 	$(PY) -m services.cds.model.training

@@ -1,4 +1,5 @@
-"""`medstream demo`: the spine end to end on the local stack with the bundled sample vitals."""
+"""`medstream demo`: the spine end to end on the local stack with the bundled sample vitals, then decision
+support: the five carebundle profiles through the FHIR gateway to explained CDS Hooks suggestions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+import httpx
 from medstream.events.v1 import alert_pb2, deadletter_pb2, finding_pb2
 from rich.console import Console
 
@@ -22,14 +25,16 @@ from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, VITALS_SNAPSHOTS
 from services.deterioration.assess import validate
 
-SERVICE_PORTS = {"deterioration": 8081, "graph-writer": 8082}
+SERVICE_PORTS = {"deterioration": 8081, "graph-writer": 8082, "fhir-gateway": 8083, "decision-support": 8084}
+FHIR_AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": "application/fhir+json"}
 
 
-def start_services(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
+def start_services(settings: Settings, names: Iterable[str] = SERVICE_PORTS) -> dict[str, subprocess.Popen[bytes]]:
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
-    for name, port in SERVICE_PORTS.items():
+    for name in names:
+        port = SERVICE_PORTS[name]
         env = {**os.environ, "MEDSTREAM_HTTP_PORT": str(port), "MEDSTREAM_STATE_DIR": str(settings.state_dir)}
         with open(logs / f"{name}.log", "ab") as log:
             procs[name] = subprocess.Popen(
@@ -73,7 +78,7 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str
     valid = [s for s in snapshots if not validate(s)]
     patients = sorted({s.patient_id for s in valid})
     before = {t: end_offsets(settings, t) for t in (FINDINGS.name, ALERTS.name, DEAD_LETTERS.name)}
-    procs = start_services(settings)
+    procs = start_services(settings, ["deterioration", "graph-writer"])
     try:
         console.print(
             f"replaying {len(snapshots)} vital-sign snapshots ({len(snapshots) - len(valid)} invalid) "
@@ -116,3 +121,62 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str
         "highest_risk": [f.summary for f in top],
         "model": f"{top[0].model.name} v{top[0].model.version}" if top else None,
     }
+
+
+def wait_ready(procs: dict[str, subprocess.Popen[bytes]], settings: Settings, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for name, proc in procs.items():
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"service {name} exited; see {settings.state_dir / 'logs' / name}.log")
+            try:
+                if httpx.get(f"http://127.0.0.1:{SERVICE_PORTS[name]}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service {name} not ready after {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+def run_cds_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str, Any]:
+    """The five carebundle profiles (with a synthetic note each) -> FHIR gateway -> decision support."""
+    import json
+
+    from services.cds.samples import PROFILES, case_bundle, patient_id
+    from services.common.topic_reader import read_records
+    from services.common.topics import CDS_SUGGESTIONS
+
+    seed = int(time.time()) % 1_000_000  # fresh patients each run: the same bundles again are not a change
+    bundles = {profile: case_bundle(profile, seed=seed, index=i) for i, profile in enumerate(PROFILES)}
+    patients = {patient_id(b): profile for profile, b in bundles.items()}
+    before = end_offsets(settings, CDS_SUGGESTIONS.name)
+    procs = start_services(settings, ["fhir-gateway", "decision-support", "graph-writer"])
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        wait_ready(procs, settings, timeout_s)
+        console.print(f"posting {len(bundles)} carebundle transaction Bundles (one per profile) with a note each")
+        for bundle in bundles.values():
+            resp = httpx.post(f"http://127.0.0.1:{SERVICE_PORTS['fhir-gateway']}/fhir/r4",
+                              content=json.dumps(bundle), headers=FHIR_AUTH, timeout=30)  # fmt: skip
+            resp.raise_for_status()
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(patients) and time.monotonic() < deadline:
+            for key, value, _ in read_records(settings, CDS_SUGGESTIONS.name, before):
+                patient = (key or b"").decode().removeprefix("Patient/")
+                if patient in patients:
+                    found[patient] = json.loads(value)
+            time.sleep(1.0)
+    finally:
+        stop_services(procs)
+    suggestions = {}
+    for patient, body in found.items():
+        top = body["cards"][0] if body["cards"] else None
+        explained = top["extension"]["medstream"] if top else {}
+        suggestions[patients[patient]] = {
+            "top_card": top["summary"] if top else None,
+            "model": f"{body['model']['name']} v{body['model']['version']}",
+            "labs_behind_it": [a["lab"] for a in explained.get("labAttributions", [])][:3],
+            "phenotypes_found": len(body["inputs"]["phenotypes"]),
+        }
+    return {"ok": len(found) == len(patients), "cases": len(patients), "suggestions": suggestions}

@@ -37,6 +37,7 @@ SERVICES = {
     "fhir-gateway": "services.fhir_gateway.app",
     "decision-support": "services.cds.app",
     "cds-hooks": "services.cds.hooks",
+    "imaging-gateway": "services.imaging_gateway.app",
 }
 
 
@@ -249,13 +250,17 @@ def replay(
 
 @app.command("demo")
 def demo(timeout_s: float = 180.0) -> None:
-    """Stack up, start the services, replay the sample vitals and show what came out."""
+    """Stack up, start the services, replay the sample vitals and post the five carebundle cases; show what came
+    out (findings, alerts, dead letters; explained decision-support suggestions)."""
     from services.cli import demo as demo_mod
 
     stack_up(None)
     topics_create()
     summary = demo_mod.run_demo(get_settings(), console, timeout_s)
     console.print_json(json.dumps(summary))
+    cds = demo_mod.run_cds_demo(get_settings(), console, timeout_s)
+    console.print_json(json.dumps(cds))
+    summary["ok"] = summary["ok"] and cds["ok"]
     console.print(
         "services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
         " (or make stack-down)"
