@@ -28,6 +28,7 @@ apt_install() {
   say "Python must be built with --enable-shared (Triton's python-backend stub links libpython)"; exit 1; }
 command -v java >/dev/null && java -version 2>&1 | grep -q 'version "1[7-9]\|version "2' || apt_install openjdk-17-jdk-headless
 command -v mvn >/dev/null || apt_install maven
+command -v storescu >/dev/null || apt_install dcmtk
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || apt_install golang-go
 export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
 

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     fhir_clients: Path | None = None
     fhir_max_body_bytes: int = 4 * 1024 * 1024
 
+    # Imaging (DICOM) gateway: DIMSE Storage SCP and DICOMweb STOW-RS
+    dicom_ae_title: str = "MEDSTREAM"
+    dicom_dimse_port: int = 11112
+    dicom_blob_dir: Path | None = None  # default: <state_dir>/blobs
+    dicom_stow_clients: Path | None = None  # STOW-RS callers' token hashes; default: the bundled dev file
+    dicom_max_body_bytes: int = 512 * 1024 * 1024
+    dicom_sop_classes: list[str] = []  # accepted SOP class UIDs; empty: pynetdicom's storage classes
+    dicom_transfer_syntaxes: list[str] = []  # empty: every transfer syntax pydicom knows
+    dicom_publish_timeout_ms: int = 15_000  # how long a sender waits for Kafka before 0xA700 / 503
+
     # Decision support: weight of the model against the HPO phenotype match, cards per patient
     cds_alpha: float = 0.7
     cds_top: int = 3

@@ -17,6 +17,7 @@ from tests.charts.tools import (
     CONSUMES,
     DEPENDS,
     EXAMPLES,
+    GATEWAY_PORT_NAMES,
     GATEWAYS,
     KUBE_VERSION,
     PRODUCTION,
@@ -259,7 +260,9 @@ def test_network_policies_allow_only_the_architecture(manifests: list[dict[str, 
             assert egress_ports <= {53, 9000, 443}, "Triton reaches only DNS (and object storage for s3 models)"
             continue
         expected_in = (
-            (["grpc", "http", "http"] if GATEWAYS[name] else ["http", "http"]) if name in GATEWAYS else ["http"]
+            (sorted([GATEWAY_PORT_NAMES.get(name, "grpc"), "http", "http"]) if GATEWAYS[name] else ["http", "http"])
+            if name in GATEWAYS
+            else ["http"]
         )
         assert ingress_ports == expected_in, f"{name}: Prometheus scrapes http; only a gateway takes more"
         dependency = {"triton": 8001, "neo4j": 7687, None: None}[DEPENDS[name]]

@@ -88,6 +88,8 @@ def test_values_parse_as_settings(rendered, monkeypatch: pytest.MonkeyPatch):
             settings.wearables_registry,
             settings.fhir_clients,
             settings.cds_hooks_clients,
+            settings.dicom_stow_clients,
+            settings.dicom_blob_dir,
             settings.state_dir,
         ):
             if path is not None:

@@ -40,9 +40,17 @@ DEPENDS = {
     "fhir-gateway": None,
     "decision-support": "triton",
     "cds-hooks": "triton",
+    "imaging-gateway": None,
 }
 # Outside traffic; the gRPC port, if any.
-GATEWAYS: dict[str, int | None] = {"wearables-gateway": 50051, "fhir-gateway": None, "cds-hooks": None}
+GATEWAYS: dict[str, int | None] = {
+    "wearables-gateway": 50051,
+    "fhir-gateway": None,
+    "cds-hooks": None,
+    "imaging-gateway": 11112,
+}
+# The name of that port where it is not gRPC.
+GATEWAY_PORT_NAMES = {"imaging-gateway": "dimse"}
 # Services that never touch Kafka (no bootstrap servers, credentials or broker egress).
 WITHOUT_KAFKA = {"cds-hooks"}
 

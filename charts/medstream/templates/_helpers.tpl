@@ -127,6 +127,9 @@ MEDSTREAM_NEO4J_DATABASE: {{ $v.neo4j.database | quote }}
 {{- with .s.grpc }}
 {{ .env }}: {{ .port | quote }}
 {{- end }}
+{{- with .s.dimse }}
+{{ .env }}: {{ .port | quote }}
+{{- end }}
 {{- range $i, $f := .s.files }}
 {{ $f.env }}: {{ printf "/etc/medstream/files/%d/%s" $i $f.key | quote }}
 {{- end }}
