@@ -34,7 +34,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, StoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.auth import authenticate, load_clients
@@ -198,6 +199,10 @@ def storage_scp(
     ae = AE(ae_title=settings.dicom_ae_title)
     transfer_syntaxes = accepted_transfer_syntaxes(settings)
     for sop_class in accepted_sop_classes(settings):
+        # pynetdicom's own storage list has retired classes (e.g. retired US) it cannot serve: it would abort the
+        # whole association at their first C-STORE. Registered as storage classes, they reach the handler.
+        if uid_to_service_class(sop_class) is not StorageServiceClass:
+            register_uid(sop_class, f"MedstreamStorage_{sop_class.replace('.', '_')}", StorageServiceClass)
         ae.add_supported_context(sop_class, transfer_syntaxes)
     ae.add_supported_context(Verification)
     wait_s = settings.dicom_publish_timeout_ms / 1000 + 30

@@ -16,9 +16,11 @@ from medstream.events.v1 import dicom_pb2
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class  # type: ignore[attr-defined]
 
 from services.common.config import Settings
-from services.imaging_gateway.app import Gateway, accepted_transfer_syntaxes
+from services.imaging_gateway.app import Gateway, accepted_sop_classes, accepted_transfer_syntaxes, storage_scp
 from services.imaging_gateway.blobs import LocalBlobStore
 from services.imaging_gateway.instances import (
     CANNOT_UNDERSTAND,
@@ -93,6 +95,13 @@ def test_negotiated_sop_class_and_url_study_must_match() -> None:
     by_study = parse_instance(data, expected_study="1.2.3.4")
     assert isinstance(by_context, Refusal) and by_context.status == DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert isinstance(by_study, Refusal) and by_study.status == DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_every_accepted_sop_class_is_served_as_storage(tmp_path: Path) -> None:
+    storage_scp(Settings(), Gateway(Settings(), LocalBlobStore(tmp_path), None), asyncio.new_event_loop())
+    served = {c: uid_to_service_class(c) for c in accepted_sop_classes(Settings())}
+    assert "1.2.840.10008.5.1.4.1.1.6" in served, "retired US image storage, in pydicom-data"
+    assert {c for c, service in served.items() if service is not StorageServiceClass} == set()
 
 
 def test_compressed_syntaxes_are_preferred_and_implicit_vr_comes_last() -> None:
