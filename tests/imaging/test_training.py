@@ -44,7 +44,7 @@ def test_training_learns_spheres(tmp_path):
     export(model, tmp_path / "1", {"trained_on": "toy"})
     extra = {"metadata.json": ""}
     loaded = torch.jit.load(str(tmp_path / "1" / "model.pt"), _extra_files=extra)
-    assert '"toy"' in extra["metadata.json"]
+    assert b'"toy"' in extra["metadata.json"]
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
