@@ -36,6 +36,7 @@ from services.imaging_gateway.stow import BadRequest, Outcome, Stored, http_stat
 pytestmark = pytest.mark.unit
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+CT_BYTES = CT.read_bytes()
 
 
 def ct_bytes(**changes: Any) -> bytes:
@@ -76,6 +77,13 @@ def test_readable_instance_keeps_its_bytes_and_names_its_uids() -> None:
 def test_unreadable_bytes_are_refused_as_not_understood(data: bytes) -> None:
     got = parse_instance(data)
     assert isinstance(got, Refusal) and got.status == CANNOT_UNDERSTAND
+
+
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=2000))
+def test_any_bytes_give_an_instance_or_a_refusal_never_an_exception(noise: bytes, cut: int) -> None:
+    # Truncated or corrupted real files, and plain noise behind a valid preamble.
+    for data in (CT_BYTES[:cut] + noise, b"\0" * 128 + b"DICM" + noise):
+        assert isinstance(parse_instance(data), Instance | Refusal)
 
 
 def test_missing_uid_is_refused_naming_it() -> None:
