@@ -38,6 +38,7 @@ SERVICES = {
     "decision-support": "services.cds.app",
     "cds-hooks": "services.cds.hooks",
     "imaging-gateway": "services.imaging_gateway.app",
+    "imaging": "services.imaging.app",
 }
 
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     dicom_transfer_syntaxes: list[str] = []  # empty: every transfer syntax pydicom knows
     dicom_publish_timeout_ms: int = 15_000  # how long a sender waits for Kafka before 0xA700 / 503
 
+    # Imaging service: a series is complete after this long without a new instance (or at the announced count)
+    imaging_quiet_s: float = 10.0
+
     # Decision support: weight of the model against the HPO phenotype match, cards per patient
     cds_alpha: float = 0.7
     cds_top: int = 3

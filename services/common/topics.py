@@ -34,6 +34,12 @@ DICOM_INSTANCES = TopicSpec(
     value_type="medstream.events.v1.DicomInstanceArrival",
     description="Claim checks for stored DICOM instances (blob URI + key attributes, never pixel data).",
 )
+DICOM_SERIES = TopicSpec(
+    "medstream.dicom.series.v1",
+    key="series_instance_uid",
+    value_type="medstream.events.v1.DicomSeriesComplete",
+    description="Completed series (one record per revision) with their instances' blob references, routed.",
+)
 FHIR_EVENTS = TopicSpec(
     "medstream.fhir.events.v1",
     key="patient_reference",
@@ -104,6 +110,7 @@ DEAD_LETTERS = TopicSpec(
 
 CATALOG: tuple[TopicSpec, ...] = (
     DICOM_INSTANCES,
+    DICOM_SERIES,
     FHIR_EVENTS,
     WEARABLE_SAMPLES,
     WEARABLE_RECEIPTS,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.common.topics import FHIR_EVENTS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS, WEARABLE_SAMPLES
+from services.common.topics import DICOM_INSTANCES, FHIR_EVENTS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS, WEARABLE_SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medstream"
@@ -30,6 +30,7 @@ CONSUMES = {
     "graph-writer": GRAPH_MUTATIONS.name,
     "wearables": WEARABLE_SAMPLES.name,
     "decision-support": FHIR_EVENTS.name,
+    "imaging": DICOM_INSTANCES.name,
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS = {
@@ -41,6 +42,7 @@ DEPENDS = {
     "decision-support": "triton",
     "cds-hooks": "triton",
     "imaging-gateway": None,
+    "imaging": None,
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {
