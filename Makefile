@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds eval-wearables eval-cds kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging eval-wearables eval-cds eval-imaging kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -57,6 +57,13 @@ eval-cds: setup  ## train/evaluate the decision-support model: plain vs SMOTE vs
 
 kg-load: setup  ## load HPO, ICD-10-CM and drug names into the local Neo4j
 	@medstream kg load
+
+eval-imaging: setup  ## train/evaluate the imaging models on held-out synthetic cases (sensitivity, FP/scan, size error)
+	$(PY) -m services.imaging.lung
+	$(PY) -m services.imaging.stroke
+
+bench-imaging: setup  ## C-STORE vs dcmtk storescp, series-complete -> finding p50/p99, Triton with/without batching
+	$(PY) -m benchmarks.imaging
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
 	$(PY) -m services.wearables.glycaemia.training

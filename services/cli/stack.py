@@ -347,12 +347,15 @@ def model_trainers() -> dict[str, Callable[[Path], object]]:
     """Every model in the repository and the function that trains it from the repo's own data."""
     from services.cds.model import training as cds
     from services.deterioration import training as deterioration
+    from services.imaging import lung, stroke
     from services.wearables.glycaemia import training as glycaemia
 
     return {
         deterioration.MODEL_NAME: deterioration.train,
         glycaemia.MODEL_NAME: glycaemia.train,
         cds.MODEL_NAME: cds.train,
+        lung.MODEL_NAME: lung.train_for_repository,
+        stroke.MODEL_NAME: stroke.train_for_repository,
     }
 
 

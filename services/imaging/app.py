@@ -1,28 +1,44 @@
-"""Imaging service, first stage: DICOM instance arrivals in; completed, routed series and graph updates out.
+"""Imaging service: DICOM instance arrivals in; findings, reports, alerts and graph updates out.
 
-medstream.dicom.instances.v1 --> per-series state (faust table) --(expected count reached, or quiet period)-->
-    medstream.dicom.series.v1 (one record per revision), medstream.graph.mutations.v1
+Assembly: medstream.dicom.instances.v1 --> per-series state (faust table) --(expected count reached, or quiet
+    period)--> medstream.dicom.series.v1 (one record per revision), medstream.graph.mutations.v1
     (Patient-Study-Series-Instance, MERGEd on UIDs), dead letters for undecodable or incomplete claim checks.
-The analysis stages (preprocessing, the 3D models on Triton, findings, reports) consume the series topic.
+Analysis: medstream.dicom.series.v1 (routed: CT chest -> lung_nodule, MR brain -> stroke_lesion) --> blobs ->
+    preprocessing -> 3D U-Net on Triton (patches, dynamically batched) -> lesion candidates -->
+    medstream.findings.v1, medstream.alerts.v1 (suspected stroke), medstream.fhir.writeback.v1
+    (DiagnosticReport + Observations), medstream.graph.mutations.v1, dead letters for unreadable series.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from medstream.events.v1 import common_pb2, dicom_pb2
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
+from tritonclient.utils import InferenceServerException
 
 from services.common.config import get_settings
-from services.common.deadletter import DeadLetters, SourceRecord
+from services.common.deadletter import PROCESSING_ERROR, DeadLetters, SourceRecord
 from services.common.graph import Node, Relationship
 from services.common.graph_events import to_mutation
 from services.common.kafka import FaustOutputs, Record, make_faust_app, run_faust_worker
+from services.common.service import retry_until_done
 from services.common.telemetry import PROCESSING_SECONDS
-from services.common.topics import DEAD_LETTERS, DICOM_INSTANCES, DICOM_SERIES, GRAPH_MUTATIONS
+from services.common.topics import (
+    ALERTS,
+    DEAD_LETTERS,
+    DICOM_INSTANCES,
+    DICOM_SERIES,
+    FHIR_WRITEBACK,
+    FINDINGS,
+    GRAPH_MUTATIONS,
+)
+from services.common.triton import TritonUnavailable, triton_client
+from services.imaging.analysis import ROUTES, SeriesUnreadable, analyse
 from services.imaging.series import Arrival, Completed, SeriesState, add, complete, due, route
 
 SERVICE = "imaging"
@@ -32,7 +48,12 @@ COMPLETIONS = Counter("medstream_imaging_series_completed_total", "Series comple
 settings = get_settings()
 app = make_faust_app(SERVICE, settings)
 arrivals_in = app.topic(DICOM_INSTANCES.name, key_serializer="raw", value_serializer="raw")
-outputs = FaustOutputs(app, SERVICE, (DICOM_SERIES, GRAPH_MUTATIONS, DEAD_LETTERS))
+series_in = app.topic(DICOM_SERIES.name, key_serializer="raw", value_serializer="raw")
+outputs = FaustOutputs(app, SERVICE, (DICOM_SERIES, GRAPH_MUTATIONS, DEAD_LETTERS, FINDINGS, ALERTS, FHIR_WRITEBACK))
+triton = triton_client(settings, SERVICE)
+ANALYSIS_SECONDS = Histogram(
+    "medstream_imaging_analysis_seconds", "Series analysis time by stage", ["service", "route", "stage"]
+)
 # Per-series assembly state, recovered from its changelog after a restart; keyed like the input topic.
 series_table = app.Table("imaging-series-state", key_type=str, value_type=str, use_partitioner=True)
 dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
@@ -157,5 +178,44 @@ async def complete_quiet() -> None:
         series_table[uid] = collecting[uid].to_json()
 
 
+def validate_series(msg: dicom_pb2.DicomSeriesComplete) -> list[str]:
+    problems = []
+    if not msg.series_instance_uid or not msg.instances:
+        problems.append("series_instance_uid and instances are required")
+    if msg.route and msg.route not in ROUTES:
+        problems.append(f"unknown route {msg.route!r}")
+    return problems
+
+
+@app.agent(series_in, concurrency=2)
+async def analyse_series(stream):  # type: ignore[no-untyped-def]
+    async for event in stream.events():
+        record = SourceRecord.from_faust(event)
+        msg = await dead_letters.accept(record, dicom_pb2.DicomSeriesComplete, validate_series)
+        if msg is None or not msg.route:
+            continue  # no analysis applies (e.g. an abdominal CT): assembled and recorded in the graph only
+        try:
+            result, timings = await retry_until_done(
+                partial(analyse, triton, msg), "triton", retry_on=(TritonUnavailable, OSError)
+            )
+        except SeriesUnreadable as exc:
+            await dead_letters.publish(record, PROCESSING_ERROR, f"series unreadable: {exc}")
+            continue
+        except InferenceServerException as exc:
+            # The model refused the request itself (missing model, shape mismatch): no retry can fix it; the
+            # series goes to the dead-letter topic for a replay once the model is fixed.
+            await dead_letters.publish(record, PROCESSING_ERROR, f"{msg.route} model refused: {exc.message()}")
+            continue
+        for stage, seconds in timings.items():
+            if stage != "patches":
+                ANALYSIS_SECONDS.labels(SERVICE, msg.route, stage).observe(seconds)
+        key = (msg.patient_id or msg.series_instance_uid).encode()
+        records: list[tuple[str, bytes | None, Record]] = [(FINDINGS.name, key, f) for f in result.findings]
+        records += [(ALERTS.name, key, a) for a in result.alerts]
+        records += [(FHIR_WRITEBACK.name, result.report.patient_reference.encode(), result.report)]
+        records += [(GRAPH_MUTATIONS.name, key, result.mutation)]
+        await outputs.send_all(records)
+
+
 def main() -> None:
-    run_faust_worker(app, SERVICE, settings, {})
+    run_faust_worker(app, SERVICE, settings, {"triton": triton.ready})

@@ -8,6 +8,7 @@ batching), and the services stitch the probabilities back (`sliding_window`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,9 +56,10 @@ class UNet3D(nn.Module):
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the whole batch (patches without a lesion do not each count as a failure)."""
     p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(1, 2, 3, 4))
-    return (1 - (2 * inter + eps) / (p.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4)) + eps)).mean()
+    inter = (p * target).sum()
+    return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
 
 
 def patch_starts(size: int, patch: int, stride: int) -> list[int]:
@@ -70,23 +72,55 @@ def patch_starts(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def sliding_window(
-    volume: np.ndarray, patch: int, stride: int, predict: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Probabilities for a [D, H, W] volume from `predict` over [N, 1, p, p, p] patches (overlaps averaged).
-    The volume is zero-padded up to at least one patch per axis; `predict` gets every patch in one call, so a
-    Triton client can split it into requests and let the server batch them."""
+@dataclass(frozen=True)
+class Tiles:
+    """A volume cut into cubic patches: where each patch starts in the (padded) volume, and the patches."""
+
+    shape: tuple[int, int, int]  # the original volume's
+    padded: tuple[int, int, int]
+    patch: int
+    origins: list[tuple[int, int, int]]
+    patches: np.ndarray  # float32 [N, 1, p, p, p]
+
+
+def tile(volume: np.ndarray, patch: int, stride: int, keep: Callable[[np.ndarray], bool] | None = None) -> Tiles:
+    """Overlapping cubes covering the volume (zero-padded to at least one patch per axis); those `keep` rejects
+    (e.g. no lung in them) are left out and will read as probability 0."""
     pads = [(0, max(0, patch - s)) for s in volume.shape]
     padded = np.pad(volume, pads)
     grid = [(z, y, x) for z in patch_starts(padded.shape[0], patch, stride)
             for y in patch_starts(padded.shape[1], patch, stride)
             for x in patch_starts(padded.shape[2], patch, stride)]  # fmt: skip
-    patches = np.stack([padded[z : z + patch, y : y + patch, x : x + patch] for z, y, x in grid])[:, None]
-    probs = predict(patches.astype(np.float32))
-    total = np.zeros(padded.shape, dtype=np.float32)
-    count = np.zeros(padded.shape, dtype=np.float32)
-    for (z, y, x), p in zip(grid, probs, strict=True):
-        total[z : z + patch, y : y + patch, x : x + patch] += p[0]
-        count[z : z + patch, y : y + patch, x : x + patch] += 1
+    cubes = [padded[z : z + patch, y : y + patch, x : x + patch] for z, y, x in grid]
+    if keep is not None:
+        grid, cubes = [g for g, c in zip(grid, cubes, strict=True) if keep(c)], [c for c in cubes if keep(c)]
+    array = np.stack(cubes)[:, None].astype(np.float32) if cubes else np.zeros((0, 1, patch, patch, patch), np.float32)
+    shape3 = (volume.shape[0], volume.shape[1], volume.shape[2])
+    padded3 = (padded.shape[0], padded.shape[1], padded.shape[2])
+    return Tiles(shape3, padded3, patch, grid, array)
+
+
+def stitch(tiles: Tiles, probs: np.ndarray) -> np.ndarray:
+    """Per-voxel probabilities from the patches' predictions (overlaps averaged), cropped to the volume."""
+    total = np.zeros(tiles.padded, dtype=np.float32)
+    count = np.zeros(tiles.padded, dtype=np.float32)
+    p = tiles.patch
+    for (z, y, x), prob in zip(tiles.origins, probs, strict=True):
+        total[z : z + p, y : y + p, x : x + p] += prob[0]
+        count[z : z + p, y : y + p, x : x + p] += 1
     out = total / np.maximum(count, 1)
-    return out[: volume.shape[0], : volume.shape[1], : volume.shape[2]]
+    return out[: tiles.shape[0], : tiles.shape[1], : tiles.shape[2]]
+
+
+def sliding_window(
+    volume: np.ndarray,
+    patch: int,
+    stride: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+    keep: Callable[[np.ndarray], bool] | None = None,
+) -> np.ndarray:
+    """`tile`, `predict` over all patches in one call ([N, 1, p, p, p] -> same), `stitch`."""
+    tiles = tile(volume, patch, stride, keep)
+    if not tiles.origins:
+        return np.zeros(tiles.shape, dtype=np.float32)
+    return stitch(tiles, predict(tiles.patches))

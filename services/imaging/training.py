@@ -36,20 +36,30 @@ class Sample:
 
 
 def sample_patches(
-    samples: Sequence[Sample], rng: np.random.Generator, n: int, patch: int, positive_share: float = 0.6
+    samples: Sequence[Sample],
+    rng: np.random.Generator,
+    n: int,
+    patch: int,
+    positive_share: float = 0.6,
+    negative_keep: Callable[[np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`n` patches: a share centred (with jitter) on lesions, the rest anywhere; flips as augmentation."""
+    """`n` patches: a share centred (with jitter) on lesions, the rest anywhere `negative_keep` accepts (hard
+    negatives: e.g. lung with vessels rather than air outside the body); flips as augmentation."""
     xs, ys = [], []
     for _ in range(n):
         s = samples[int(rng.integers(len(samples)))]
         shape = np.array(s.volume.shape)
-        if s.lesions and rng.random() < positive_share:
-            lesion = s.lesions[int(rng.integers(len(s.lesions)))]
-            centre = np.array(lesion.centre_voxel) + rng.integers(-patch // 4, patch // 4 + 1, size=3)
-        else:
-            centre = rng.integers(0, shape)
-        start = np.clip(np.round(centre - patch / 2).astype(int), 0, np.maximum(shape - patch, 0))
-        region = tuple(slice(int(a), int(a) + patch) for a in start)
+        positive = bool(s.lesions) and rng.random() < positive_share
+        for _attempt in range(20):
+            if positive:
+                lesion = s.lesions[int(rng.integers(len(s.lesions)))]
+                centre = np.array(lesion.centre_voxel) + rng.integers(-patch // 4, patch // 4 + 1, size=3)
+            else:
+                centre = rng.integers(0, shape)
+            start = np.clip(np.round(centre - patch / 2).astype(int), 0, np.maximum(shape - patch, 0))
+            region = tuple(slice(int(a), int(a) + patch) for a in start)
+            if positive or negative_keep is None or negative_keep(s.volume[region]):
+                break
         x, y = s.volume[region], s.mask[region]
         pad = [(0, patch - d) for d in x.shape]
         x, y = np.pad(x, pad), np.pad(y, pad)
@@ -79,6 +89,7 @@ def train(
     channels: tuple[int, int, int] = (8, 16, 32),
     lr: float = 3e-3,
     positive_share: float = 0.6,
+    negative_keep: Callable[[np.ndarray], bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[UNet3D, TrainReport]:
     """Dice + BCE on sampled patches with Adam and cosine decay (CPU-sized: minutes, not hours)."""
@@ -87,12 +98,12 @@ def train(
     model = UNet3D(channels)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    bce = torch.nn.BCEWithLogitsLoss()
+    bce = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0))
     losses: list[float] = []
     started = time.perf_counter()
     model.train()
     for step in range(steps):
-        x, y = sample_patches(samples, rng, batch, patch, positive_share)
+        x, y = sample_patches(samples, rng, batch, patch, positive_share, negative_keep)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         logits = model.logits(xt)
         loss = dice_loss(logits, yt) + bce(logits, yt)
@@ -107,7 +118,14 @@ def train(
     return model, TrainReport(steps, time.perf_counter() - started, float(np.mean(losses[-20:])), losses[::10])
 
 
-def predict_volume(model: torch.nn.Module, volume: np.ndarray, patch: int, stride: int, batch: int = 8) -> np.ndarray:
+def predict_volume(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    patch: int,
+    stride: int,
+    batch: int = 8,
+    keep: Callable[[np.ndarray], bool] | None = None,
+) -> np.ndarray:
     def run(patches: np.ndarray) -> np.ndarray:
         outs = []
         with torch.no_grad():
@@ -115,7 +133,7 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, patch: int, strid
                 outs.append(model(torch.from_numpy(patches[i : i + batch])).numpy())
         return np.concatenate(outs)
 
-    return sliding_window(volume, patch, stride, run)
+    return sliding_window(volume, patch, stride, run, keep)
 
 
 @dataclass
@@ -187,6 +205,38 @@ def evaluate(
             name: {"lesions": n, "sensitivity": (k / n if n else math.nan)} for name, (n, k) in per_bucket.items()
         },
     )
+
+
+OPERATING_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def choose_operating_point(
+    probabilities: Sequence[np.ndarray], samples: Sequence[Sample], max_fp_per_scan: float, min_volume_mm3: float
+) -> tuple[float, dict[float, tuple[float, float]]]:
+    """The threshold with the best sensitivity at no more than `max_fp_per_scan` false positives per scan on a
+    validation set (the CAD convention: sensitivity at a stated false-positive rate); the one with the fewest
+    false positives when none qualifies. Returns (threshold, {threshold: (sensitivity, fp per scan)})."""
+    table: dict[float, tuple[float, float]] = {}
+    by_sample = {id(s): p for s, p in zip(samples, probabilities, strict=True)}
+
+    def stored(sample: Sample) -> np.ndarray:
+        return by_sample[id(sample)]
+
+    for t in OPERATING_THRESHOLDS:
+        m = evaluate(stored, samples, t, min_volume_mm3)
+        table[t] = (m.sensitivity, m.false_positives_per_scan)
+    allowed = [t for t, (_, fp) in table.items() if fp <= max_fp_per_scan]
+    if allowed:
+        return max(allowed, key=lambda t: (table[t][0], -table[t][1])), table
+    return min(table, key=lambda t: (table[t][1], -table[t][0])), table
+
+
+def calibrate(model: UNet3D, threshold: float) -> None:
+    """Shift the output logit so the chosen operating point reads as probability 0.5 in the exported model."""
+    with torch.no_grad():
+        head = model.head.bias
+        assert head is not None
+        head -= math.log(threshold / (1 - threshold))
 
 
 def export(model: UNet3D, version_dir: Path, metadata: dict[str, object]) -> None:

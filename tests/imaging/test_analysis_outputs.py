@@ -1,0 +1,76 @@
+"""What one analysed series publishes: findings with measurements, a valid FHIR DiagnosticReport, a stroke alert,
+graph upserts; the same series revision and model version always give the same ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from medstream.events.v1 import common_pb2, dicom_pb2, finding_pb2
+
+from services.common.graph_events import from_mutation
+from services.imaging.analysis import ROUTES, SeriesUnreadable, blob_path, outputs
+from services.imaging.postprocess import Candidate
+
+pytestmark = pytest.mark.unit
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+MODEL = common_pb2.ModelRef(name="stroke_lesion", version="1")
+
+
+def series(route: str) -> dicom_pb2.DicomSeriesComplete:
+    return dicom_pb2.DicomSeriesComplete(
+        series_instance_uid="1.2.3.4", study_instance_uid="1.2.3", patient_id="SYN-7", modality="MR",
+        body_part_examined="BRAIN", revision=2, route=route,
+        instances=[dicom_pb2.DicomInstanceRef(sop_instance_uid="1.2.3.4.1", blob_uri="file:///b/1.dcm")],
+    )  # fmt: skip
+
+
+LESIONS = [
+    Candidate((10.0, -20.0, 30.0), (5, 6, 7), 4.2, 20.0, 24.0, 0.93, 270),
+    Candidate((-40.0, 5.0, 12.0), (9, 9, 9), 0.9, 12.0, 14.0, 0.71, 58),
+]
+
+
+def test_stroke_findings_alert_report_and_graph():
+    out = outputs(series("stroke"), ROUTES["stroke"], LESIONS, MODEL, NOW)
+    assert [f.kind for f in out.findings] == ["stroke-lesion", "stroke-lesion"]
+    first = out.findings[0]
+    assert first.severity == finding_pb2.SEVERITY_CRITICAL and first.code.code == "I63.9"
+    assert {m.name: m.value for m in first.measurements}["volume"] == pytest.approx(4.2)
+    [alert] = out.alerts
+    assert alert.kind == "suspected-stroke" and alert.finding_id == first.finding_id
+    report = json.loads(out.report.resource_json)
+    DiagnosticReport.model_validate(report)
+    assert len(report["contained"]) == 2 and "not for clinical use" in report["conclusion"]
+    assert out.report.patient_reference == "Patient/SYN-7"
+    nodes, rels = from_mutation(out.mutation)
+    assert {r.type for r in rels} == {"HAS_FINDING", "SUGGESTS", "PRODUCED_BY"}
+    assert {n.key for n in nodes} == {"1.2.3.4"}
+
+
+def test_ids_are_stable_for_a_revision_and_model_version():
+    a = outputs(series("stroke"), ROUTES["stroke"], LESIONS, MODEL, NOW)
+    b = outputs(series("stroke"), ROUTES["stroke"], LESIONS, MODEL, NOW + dt.timedelta(minutes=5))
+    assert [f.finding_id for f in a.findings] == [f.finding_id for f in b.findings]
+    assert a.report.resource_id == b.report.resource_id and a.alerts[0].alert_id == b.alerts[0].alert_id
+    newer = outputs(
+        series("stroke"), ROUTES["stroke"], LESIONS, common_pb2.ModelRef(name="stroke_lesion", version="2"), NOW
+    )
+    assert newer.findings[0].finding_id != a.findings[0].finding_id
+
+
+def test_no_lesion_still_reports_and_lung_severity_follows_size():
+    empty = outputs(series("lung-nodule"), ROUTES["lung-nodule"], [], MODEL, NOW)
+    assert not empty.findings and not empty.alerts
+    assert json.loads(empty.report.resource_json)["conclusion"].startswith("No lung nodule found")
+    lung = outputs(series("lung-nodule"), ROUTES["lung-nodule"], LESIONS, MODEL, NOW)
+    assert [f.severity for f in lung.findings] == [finding_pb2.SEVERITY_MEDIUM, finding_pb2.SEVERITY_MEDIUM]
+    assert not lung.alerts
+
+
+def test_only_file_blobs_are_read():
+    assert str(blob_path("file:///var/lib/medstream/blobs/a%20b.dcm")) == "/var/lib/medstream/blobs/a b.dcm"
+    with pytest.raises(SeriesUnreadable):
+        blob_path("s3://bucket/key")

