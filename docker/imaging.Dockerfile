@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The imaging service, series-assembly stage (faust worker: DICOM instance claim checks in; completed, routed
-# series, graph mutations and dead letters out). It reads no pixel data itself.
+# The imaging service (faust worker: DICOM instance claim checks in; completed series, findings, stroke alerts,
+# FHIR DiagnosticReports, graph mutations and dead letters out; the 3D models run on Triton). It reads the
+# instances from the blob store the imaging gateway writes.
 # Build from the repository root:
 #   docker build -f docker/imaging.Dockerfile -t medstream/imaging:0.1.0 .
 # Runs as uid 10001 with a read-only root filesystem: only /var/lib/medstream (state) and /tmp are written.
@@ -30,7 +31,7 @@ RUN SITE="$(/opt/medstream/bin/python -c 'import sysconfig; print(sysconfig.get_
 # ---- runtime: the venv only; no compilers, no pip cache, no sources
 FROM python:${PYTHON_VERSION}-slim-bookworm
 LABEL org.opencontainers.image.title="medstream-imaging" \
-      org.opencontainers.image.description="DICOM arrivals in; completed series and graph updates out" \
+      org.opencontainers.image.description="DICOM arrivals in; imaging findings, reports and alerts out" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 medstream \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/medstream --no-create-home \

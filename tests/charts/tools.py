@@ -42,7 +42,7 @@ DEPENDS = {
     "decision-support": "triton",
     "cds-hooks": "triton",
     "imaging-gateway": None,
-    "imaging": None,
+    "imaging": "triton",
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {
