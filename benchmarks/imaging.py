@@ -42,7 +42,7 @@ def ms(values: list[float]) -> str:
 
 def storescu(folder: Path, port: int) -> float:
     t0 = time.perf_counter()
-    result = subprocess.run(["storescu", "-aec", "MEDSTREAM", "+sd", "-nh", "127.0.0.1", str(port), str(folder)],
+    result = subprocess.run(["storescu", "-aec", "MEDSTREAM", "+sd", "+r", "-nh", "127.0.0.1", str(port), str(folder)],
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
