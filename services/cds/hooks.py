@@ -27,7 +27,7 @@ from services.cds.state import PatientState, apply
 from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
 from services.common.service import run_until_signalled
-from services.common.telemetry import configure_logging, health_app
+from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.triton import TritonUnavailable, triton_client
 
 SERVICE = "cds-hooks"
@@ -185,14 +185,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     clients = load_clients(settings.cds_hooks_clients or DEV_CLIENTS)
     engine = Engine(triton_client(settings, SERVICE), embed, alpha=settings.cds_alpha, top=settings.cds_top)
     await asyncio.to_thread(engine.warm_up)
-    runner = web.AppRunner(hooks_app(settings, clients, engine), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    log.info("cds hooks service started", extra={"clients": len(clients)})
-    try:
+    async with http_server(hooks_app(settings, clients, engine), settings.http_host, settings.http_port):
+        log.info("cds hooks service started", extra={"clients": len(clients)})
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def main() -> None:

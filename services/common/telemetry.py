@@ -10,7 +10,8 @@ import logging.config
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
@@ -221,10 +222,24 @@ def health_app(checks: Mapping[str, ReadinessCheck] | None = None) -> web.Applic
     return app
 
 
-async def start_health_server(
-    host: str, port: int, checks: Mapping[str, ReadinessCheck] | None = None
-) -> web.AppRunner:
-    runner = web.AppRunner(health_app(checks), access_log=None)
+async def start_runner(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+@asynccontextmanager
+async def http_server(app: web.Application, host: str, port: int) -> AsyncIterator[web.AppRunner]:
+    """Serve `app` for the duration of the block (the gateways' HTTP side, health endpoints included)."""
+    runner = await start_runner(app, host, port)
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+async def start_health_server(
+    host: str, port: int, checks: Mapping[str, ReadinessCheck] | None = None
+) -> web.AppRunner:
+    return await start_runner(health_app(checks), host, port)

@@ -21,7 +21,7 @@ from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
 from services.common.kafka import kafka_ready, record_headers
 from services.common.service import run_until_signalled
-from services.common.telemetry import configure_logging, health_app
+from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.topics import FHIR_EVENTS
 from services.fhir_gateway.validation import Accepted, Issue, check_body, operation_outcome, parse_json, to_event
 
@@ -159,14 +159,9 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     clients = load_clients(settings.fhir_clients or DEV_CLIENTS)
     publisher = await asyncio.to_thread(TransactionalPublisher, settings)
-    runner = web.AppRunner(fhir_app(settings, clients, publisher), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    log.info("fhir gateway started", extra={"clients": len(clients)})
-    try:
+    async with http_server(fhir_app(settings, clients, publisher), settings.http_host, settings.http_port):
+        log.info("fhir gateway started", extra={"clients": len(clients)})
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
 from services.common.kafka import EventProducer, kafka_ready
 from services.common.service import run_until_signalled
-from services.common.telemetry import configure_logging, health_app
+from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.topics import DICOM_INSTANCES
 from services.imaging_gateway.blobs import LocalBlobStore
 from services.imaging_gateway.instances import (
@@ -291,19 +291,18 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     blobs = LocalBlobStore(settings.dicom_blob_dir or settings.state_dir / "blobs")
     producer = EventProducer(settings, SERVICE, **{"message.timeout.ms": settings.dicom_publish_timeout_ms})
     gateway = Gateway(settings, blobs, producer)
-    runner = web.AppRunner(http_app(settings, gateway, clients), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    scp = storage_scp(settings, gateway, asyncio.get_running_loop())()
-    log.info(
-        "imaging gateway started",
-        extra={"dimse_port": settings.dicom_dimse_port, "sop_classes": len(gateway.sop_classes)},
-    )
     try:
-        await stop.wait()
+        async with http_server(http_app(settings, gateway, clients), settings.http_host, settings.http_port):
+            scp = storage_scp(settings, gateway, asyncio.get_running_loop())()
+            log.info(
+                "imaging gateway started",
+                extra={"dimse_port": settings.dicom_dimse_port, "sop_classes": len(gateway.sop_classes)},
+            )
+            try:
+                await stop.wait()
+            finally:
+                await asyncio.to_thread(scp.shutdown)
     finally:
-        await asyncio.to_thread(scp.shutdown)
-        await runner.cleanup()
         producer.close()
 
 

@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from services.common.config import Settings, get_settings
 from services.common.kafka import EventProducer, kafka_ready
 from services.common.service import run_until_signalled
-from services.common.telemetry import configure_logging, health_app
+from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.topic_reader import read_messages
 from services.common.topics import WEARABLE_RECEIPTS, WEARABLE_SAMPLES
 from services.wearables_gateway.ingest import BatchOutcome, content_hash, process
@@ -228,18 +228,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     gateway = Gateway(settings, registry, templates, producer)
     loaded = await asyncio.to_thread(gateway.load_receipts)
     log.info("gateway starting", extra={"receipts": loaded, "device_types": len(templates)})
-    runner = web.AppRunner(http_app(gateway, settings), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    server = grpc.aio.server()
-    wearables_pb2_grpc.add_WearableIngestServiceServicer_to_server(IngestServicer(gateway), server)
-    server.add_insecure_port(f"{settings.http_host}:{settings.wearables_grpc_port}")  # TLS terminates at ingress
-    await server.start()
     try:
-        await stop.wait()
+        async with http_server(http_app(gateway, settings), settings.http_host, settings.http_port):
+            server = grpc.aio.server()
+            wearables_pb2_grpc.add_WearableIngestServiceServicer_to_server(IngestServicer(gateway), server)
+            server.add_insecure_port(f"{settings.http_host}:{settings.wearables_grpc_port}")  # TLS at the ingress
+            await server.start()
+            try:
+                await stop.wait()
+            finally:
+                await server.stop(grace=10)
     finally:
-        await server.stop(grace=10)
-        await runner.cleanup()
         producer.close()
 
 

@@ -1,4 +1,5 @@
 """Triton python backend for a 3D segmentation U-Net (TorchScript): one forward per dynamic batch of patches.
+Shared by lung_nodule and stroke_lesion (stroke_lesion/1/model.py is a symlink to this file).
 
 Input PATCH [1, P, P, P] (the preprocessed volume cut into cubes by the imaging service), output PROB, the
 lesion probability per voxel. The patch size and grid come from metadata.json inside model.pt.
