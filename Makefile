@@ -12,13 +12,14 @@ setup:  ## install what is missing (idempotent)
 demo: setup  ## local stack up, spine on the bundled sample data
 	@medstream demo
 
-test: setup  ## the whole suite against the real local stack
+# Models whose weights are missing are trained first (minutes), outside the suite's per-test timeout.
+test: setup models  ## the whole suite against the real local stack
 	$(PY) -m pytest -q
 
 test-unit: setup
 	$(PY) -m pytest -q -m unit
 
-test-integration: setup
+test-integration: setup models
 	$(PY) -m pytest -q -m integration
 
 lint: setup
