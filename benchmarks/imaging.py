@@ -12,7 +12,10 @@ Starts its own gateway, imaging worker and graph writer against the running loca
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,14 +39,22 @@ from services.imaging.synthetic_ct import generate_ct, write_series
 HTTP, DIMSE, WORKER, WRITER, STORESCP = 18150, 18151, 18152, 18153, 18154
 
 
+def dcmtk(tool: str) -> str:
+    """dcmtk's tool, not pynetdicom's same-named app in the venv's bin directory (which `make` puts first)."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    path = os.pathsep.join(dirs)
+    return shutil.which(tool, path=path) or tool
+
+
 def ms(values: list[float]) -> str:
     return f"p50 {np.percentile(values, 50) * 1000:.0f} ms, p99 {np.percentile(values, 99) * 1000:.0f} ms"
 
 
 def storescu(folder: Path, port: int) -> float:
     t0 = time.perf_counter()
-    result = subprocess.run(["storescu", "-aec", "MEDSTREAM", "+sd", "+r", "-nh", "127.0.0.1", str(port), str(folder)],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    args = [dcmtk("storescu"), "-aec", "MEDSTREAM", "+sd", "+r", "-nh", "127.0.0.1", str(port), str(folder)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return time.perf_counter() - t0
@@ -54,7 +65,7 @@ def bench_cstore(root: Path) -> None:
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     gateway_s = storescu(root, DIMSE)
     with tempfile.TemporaryDirectory() as out:
-        scp = subprocess.Popen(["storescp", "-od", out, "+B", str(STORESCP)], stdout=subprocess.DEVNULL,
+        scp = subprocess.Popen([dcmtk("storescp"), "-od", out, "+B", str(STORESCP)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             time.sleep(1.0)

