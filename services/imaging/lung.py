@@ -9,7 +9,6 @@ model_repository/lung_nodule/1/ (`make eval-imaging` prints the figures).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -28,6 +27,7 @@ from services.imaging.training import (
     Sample,
     calibrate,
     choose_operating_point,
+    cli,
     evaluate,
     export,
     predict_volume,
@@ -160,12 +160,7 @@ def train_for_repository(target: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=REPO)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(json.dumps(run(args.out, args.steps), indent=2))
+    cli(__doc__, run, REPO, DEFAULT_STEPS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ to model_repository/stroke_lesion/1/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from services.imaging.training import (
     Sample,
     calibrate,
     choose_operating_point,
+    cli,
     evaluate,
     export,
     predict_volume,
@@ -149,6 +149,14 @@ def case(seed: int) -> Sample:
     return Sample(grid.array, label.astype(np.float32), [lesion] if label.any() else [], grid.spacing, grid.affine)
 
 
+DEFAULT_STEPS = 800
+
+
+def has_brain(patch: np.ndarray) -> bool:
+    """Hard negatives: patches that hold brain (normalised intensity above the background) rather than air."""
+    return bool((patch > -2.0).mean() >= 0.3)
+
+
 def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     train_samples = [case(1000 + i) for i in range(TRAIN_CASES)]
@@ -190,25 +198,13 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object
     return evaluation
 
 
-DEFAULT_STEPS = 800
-
-
-def has_brain(patch: np.ndarray) -> bool:
-    """Hard negatives: patches that hold brain (normalised intensity above the background) rather than air."""
-    return bool((patch > -2.0).mean() >= 0.3)
-
-
 def train_for_repository(target: Path) -> dict[str, object]:
     """What `medstream stack up` / `models train` call when the weights are missing."""
     return run(target, DEFAULT_STEPS)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=REPO)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    args = parser.parse_args()
-    print(json.dumps(run(args.out, args.steps), indent=2))
+    cli(__doc__, run, REPO, DEFAULT_STEPS)
 
 
 if __name__ == "__main__":

@@ -248,3 +248,14 @@ def export(model: UNet3D, version_dir: Path, metadata: dict[str, object]) -> Non
 
 def metrics_dict(metrics: LesionMetrics) -> dict[str, object]:
     return asdict(metrics)
+
+
+def cli(description: str | None, run: Callable[[Path, int], dict[str, object]], out: Path, steps: int) -> None:
+    """`python -m services.imaging.<model>`: train, evaluate, export to `--out`, print the evaluation."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--steps", type=int, default=steps)
+    args = parser.parse_args()
+    print(json.dumps(run(args.out, args.steps), indent=2))
