@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -147,3 +148,17 @@ def dcmtk(tool: str) -> str:
         d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin
     )
     return shutil.which(tool, path=path) or tool
+
+
+@contextmanager
+def running(procs: dict[str, ServiceProcess], ready_s: float = 120) -> Iterator[dict[str, ServiceProcess]]:
+    """Start the services together (their warm-ups overlap), wait until each is ready, stop them all after."""
+    for proc in procs.values():
+        proc.start()
+    try:
+        for name, proc in procs.items():
+            wait_for(proc.ready, ready_s, what=f"{name} /readyz")
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()

@@ -24,7 +24,7 @@ from services.common.kafka import EventProducer, record_headers
 from services.common.topic_reader import end_offsets, read_messages, read_records
 from services.common.topics import CDS_SUGGESTIONS, DEAD_LETTERS, FHIR_EVENTS
 from services.fhir_gateway.validation import resolve_references
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, running, wait_for
 
 pytestmark = pytest.mark.integration
 GATEWAY, WORKER, HOOKS, WRITER = 18086, 18087, 18088, 18089
@@ -43,15 +43,8 @@ def services(local_stack) -> Iterator[dict[str, ServiceProcess]]:
         "graph-writer": ServiceProcess("graph-writer", WRITER, logs),
         "cds-hooks": ServiceProcess("cds-hooks", HOOKS, logs),
     }
-    for proc in procs.values():
-        proc.start()
-    try:
-        for name, proc in procs.items():
-            wait_for(proc.ready, 120, what=f"{name} /readyz")
+    with running(procs, 120):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 @pytest.fixture(scope="module")

