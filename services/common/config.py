@@ -53,12 +53,23 @@ class Settings(BaseSettings):
     # Imaging (DICOM) gateway: DIMSE Storage SCP and DICOMweb STOW-RS
     dicom_ae_title: str = "MEDSTREAM"
     dicom_dimse_port: int = 11112
-    dicom_blob_dir: Path | None = None  # default: <state_dir>/blobs
+    dicom_blob_dir: Path | None = None  # the local blob store's folder; default: <state_dir>/blobs
     dicom_stow_clients: Path | None = None  # STOW-RS callers' token hashes; default: the bundled dev file
     dicom_max_body_bytes: int = 512 * 1024 * 1024
     dicom_sop_classes: list[str] = []  # accepted SOP class UIDs; empty: pynetdicom's storage classes
     dicom_transfer_syntaxes: list[str] = []  # empty: every transfer syntax pydicom knows
     dicom_publish_timeout_ms: int = 15_000  # how long a sender waits for Kafka before 0xA700 / 503
+
+    # Blob store for DICOM instances and imaging outputs (services/common/blobs.py): "local" (dicom_blob_dir,
+    # file:// URIs) or "s3" (s3:// URIs, readable from any pod). No access key: boto3's own chain (IRSA, env).
+    blob_store: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # an S3-compatible server (MinIO, Ceph); None: AWS S3
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_timeout_s: float = 10.0
 
     # Imaging service: a series is complete after this long without a new instance (or at the announced count)
     imaging_quiet_s: float = 10.0

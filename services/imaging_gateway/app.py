@@ -7,7 +7,7 @@ the sender hears Success (0x0000 / HTTP 200) only after both the blob and the Ka
 Duplicates: the same SOPInstanceUID with the same bytes (sha256) is stored once and announced once; a second send
 answers Success. The same UID with different bytes is a new version: stored next to the first and announced, so
 the imaging service sees every version (the latest arrival wins there).
-Not built yet: an S3 blob store (only the local filesystem one exists).
+The blob store is the local filesystem (file:// claim checks) or S3 (s3://), per MEDSTREAM_BLOB_STORE.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from pynetdicom.sop_class import Verification, register_uid, uid_to_service_clas
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.auth import authenticate, load_clients
+from services.common.blobs import BlobStore, blob_store
 from services.common.config import Settings, get_settings
 from services.common.kafka import EventProducer, kafka_ready
 from services.common.service import run_until_signalled
 from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.topics import DICOM_INSTANCES
-from services.imaging_gateway.blobs import LocalBlobStore
 from services.imaging_gateway.instances import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -103,7 +103,7 @@ def _preference(uid: str) -> int:
 class Gateway:
     """Both transports end here: parse, store, announce, answer."""
 
-    def __init__(self, settings: Settings, blobs: LocalBlobStore, producer: Any) -> None:
+    def __init__(self, settings: Settings, blobs: BlobStore, producer: Any) -> None:
         self.settings, self.blobs, self.producer = settings, blobs, producer
         self.sop_classes = frozenset(accepted_sop_classes(settings))
         # Striped locks: two concurrent sends of one instance are serialised, so it is announced once.
@@ -137,21 +137,24 @@ class Gateway:
     ) -> Outcome:
         async with self._locks[hash(instance.sop_instance_uid) % len(self._locks)]:
             try:
-                path = await asyncio.to_thread(
-                    self.blobs.put, instance.sop_instance_uid, instance.sha256, instance.data
-                )
+                uri = await asyncio.to_thread(self.blobs.put, instance.sop_instance_uid, instance.sha256, instance.data)
+                duplicate = await asyncio.to_thread(self.blobs.announced, uri)
             except OSError as exc:
                 log.error("blob store write failed", extra={"error": type(exc).__name__})
                 return _refusal(instance, OUT_OF_RESOURCES, "blob store unavailable")
-            if self.blobs.announced(path):
+            if duplicate:
                 return Stored(instance, duplicate=True)
-            event = arrival_event(instance, self.blobs.uri(path), transport, calling_ae_title)
+            event = arrival_event(instance, uri, transport, calling_ae_title)
             try:
                 await self.producer.send(DICOM_INSTANCES.name, instance.series_instance_uid.encode(), event)
             except KafkaException as exc:
                 log.error("kafka did not acknowledge the arrival", extra={"error": str(exc.args[0])})
                 return _refusal(instance, OUT_OF_RESOURCES, "event store unavailable")
-            await asyncio.to_thread(self.blobs.mark_announced, path)
+            try:
+                await asyncio.to_thread(self.blobs.mark_announced, uri)
+            except OSError as exc:
+                # The instance is stored and announced; without the marker a resend announces it once more.
+                log.warning("announced marker not written", extra={"error": type(exc).__name__})
             RECEIVED_BYTES.labels(SERVICE).inc(len(instance.data))
             log.info(
                 "instance stored",
@@ -288,7 +291,7 @@ def http_app(settings: Settings, gateway: Gateway, clients: dict[str, str]) -> w
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     clients = load_clients(settings.dicom_stow_clients or DEV_CLIENTS)
-    blobs = LocalBlobStore(settings.dicom_blob_dir or settings.state_dir / "blobs")
+    blobs = blob_store(settings)
     producer = EventProducer(settings, SERVICE, **{"message.timeout.ms": settings.dicom_publish_timeout_ms})
     gateway = Gateway(settings, blobs, producer)
     try:

@@ -24,9 +24,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import generate_uid
 
+from services.common.blobs import LocalBlobStore
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES
-from services.imaging_gateway.blobs import LocalBlobStore
 from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
 
 pytestmark = [
@@ -165,7 +165,7 @@ def test_storescu_folder_every_file_stored_or_refused(local_stack, gateway: Gate
     assert len({(a.sop_instance_uid, a.sha256) for a in mine}) == len(mine) <= len(stored)
     for a in mine:
         path = gateway.blobs.path_for(a.sop_instance_uid, a.sha256)
-        assert a.blob_uri == path.as_uri() and gateway.blobs.announced(path)
+        assert a.blob_uri == path.as_uri() and gateway.blobs.announced(a.blob_uri)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == a.sha256
         assert a.transport == dicom_pb2.DICOM_TRANSPORT_DIMSE_C_STORE
 
@@ -238,7 +238,7 @@ def test_every_bundled_test_file_is_stored_or_refused(local_stack, gateway: Gate
         blob = gateway.blobs.path_for(uid, hashlib.sha256(data).hexdigest())
         if blob.exists():
             with_blob += 1
-            assert blob.read_bytes() == data and gateway.blobs.announced(blob)
+            assert blob.read_bytes() == data and gateway.blobs.announced(blob.as_uri())
             assert (uid, hashlib.sha256(data).hexdigest()) in set(announced)
     assert with_blob == stored, "every file answered as stored is in the blob store, and no other"
 

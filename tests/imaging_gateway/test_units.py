@@ -19,9 +19,9 @@ from pydicom.uid import generate_uid
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class  # type: ignore[attr-defined]
 
+from services.common.blobs import LocalBlobStore
 from services.common.config import Settings
 from services.imaging_gateway.app import Gateway, accepted_sop_classes, accepted_transfer_syntaxes, storage_scp
-from services.imaging_gateway.blobs import LocalBlobStore
 from services.imaging_gateway.instances import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -116,25 +116,6 @@ def test_compressed_syntaxes_are_preferred_and_implicit_vr_comes_last() -> None:
     order = accepted_transfer_syntaxes(Settings())
     assert order[-1] == "1.2.840.10008.1.2"
     assert order.index("1.2.840.10008.1.2.4.50") < order.index("1.2.840.10008.1.2.1")
-
-
-# ---------------------------------------------------------------- blob store
-
-
-def test_blob_put_is_content_addressed_idempotent_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path)
-    path = store.put("1.2.3", "ab" * 32, b"one")
-    assert store.put("1.2.3", "ab" * 32, b"one") == path and path.read_bytes() == b"one"
-    assert path.name == f"{'ab' * 32}.dcm" and path.parent.name == "1.2.3"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
-    assert not store.announced(path)
-    store.mark_announced(path)
-    assert store.announced(path)
-
-
-def test_a_uid_with_odd_characters_never_becomes_a_path_component(tmp_path: Path) -> None:
-    path = LocalBlobStore(tmp_path).put("../../etc/passwd", "cd" * 32, b"x")
-    assert path.resolve().is_relative_to(tmp_path.resolve()) and ".." not in path.parts
 
 
 # ---------------------------------------------------------------- STOW-RS multipart and answers
