@@ -124,6 +124,21 @@ MEDSTREAM_NEO4J_URI: {{ required "neo4j.uri is required" $v.neo4j.uri | quote }}
 MEDSTREAM_NEO4J_USER: {{ $v.neo4j.user | quote }}
 MEDSTREAM_NEO4J_DATABASE: {{ $v.neo4j.database | quote }}
 {{- end }}
+{{- if .s.blobStore }}
+{{- $blobs := $v.blobStore }}
+{{- if not (has $blobs.type (list "local" "s3")) }}
+{{- fail (printf "blobStore.type %q is not one of local, s3" $blobs.type) }}
+{{- end }}
+MEDSTREAM_BLOB_STORE: {{ $blobs.type | quote }}
+{{- if eq $blobs.type "s3" }}
+MEDSTREAM_S3_BUCKET: {{ required "blobStore.bucket is required with blobStore.type s3" $blobs.bucket | quote }}
+MEDSTREAM_S3_PREFIX: {{ $blobs.prefix | quote }}
+MEDSTREAM_S3_REGION: {{ $v.objectStorage.region | quote }}
+{{- with $v.objectStorage.endpoint }}
+MEDSTREAM_S3_ENDPOINT_URL: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .s.grpc }}
 {{ .env }}: {{ .port | quote }}
 {{- end }}
@@ -155,6 +170,14 @@ MEDSTREAM_NEO4J_DATABASE: {{ $v.neo4j.database | quote }}
 - name: MEDSTREAM_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ $secret | quote }}, key: {{ $v.kafka.sasl.passwordKey | quote }}}
+{{- end }}
+{{- if and .s.blobStore (eq $v.blobStore.type "s3") $v.objectStorage.existingSecret }}
+- name: MEDSTREAM_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ $v.objectStorage.existingSecret | quote }}, key: {{ $v.objectStorage.accessKeyIdKey | quote }}}
+- name: MEDSTREAM_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $v.objectStorage.existingSecret | quote }}, key: {{ $v.objectStorage.secretAccessKeyKey | quote }}}
 {{- end }}
 {{- if and (has "neo4j" $uses) $v.neo4j.existingSecret }}
 - name: MEDSTREAM_NEO4J_PASSWORD
