@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # Imaging service: a series is complete after this long without a new instance (or at the announced count)
     imaging_quiet_s: float = 10.0
+    # Completed series keep their instance list this long (late instances join a revision with the earlier ones);
+    # after it only the revision count is kept, and a later instance starts a revision of its own.
+    imaging_state_retention_s: float = 6 * 3600.0
 
     # Decision support: weight of the model against the HPO phenotype match, cards per patient
     cds_alpha: float = 0.7

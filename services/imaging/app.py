@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from functools import partial
 from typing import Any
 
@@ -21,9 +22,10 @@ from medstream.events.v1 import common_pb2, dicom_pb2
 from prometheus_client import Counter, Histogram
 from tritonclient.utils import InferenceServerException
 
+from services.common.blobs import blob_store
 from services.common.config import get_settings
 from services.common.deadletter import PROCESSING_ERROR, DeadLetters, SourceRecord
-from services.common.graph import Node, Relationship
+from services.common.graph import TRANSIENT_ERRORS, Graph, Node, Relationship
 from services.common.graph_events import to_mutation
 from services.common.kafka import FaustOutputs, Record, make_faust_app, run_faust_worker
 from services.common.service import retry_until_done
@@ -38,8 +40,19 @@ from services.common.topics import (
     GRAPH_MUTATIONS,
 )
 from services.common.triton import TritonUnavailable, triton_client
-from services.imaging.analysis import ROUTES, SeriesUnreadable, analyse
-from services.imaging.series import Arrival, Completed, SeriesState, add, complete, due, route
+from services.imaging.analysis import ROUTES, SeriesUnreadable, Services, analyse
+from services.imaging.series import (
+    COLLECTING,
+    Arrival,
+    Completed,
+    SeriesState,
+    add,
+    compact,
+    complete,
+    due,
+    expired,
+    route,
+)
 
 SERVICE = "imaging"
 BATCH_MAX, BATCH_WITHIN_S = 256, 0.2
@@ -51,6 +64,8 @@ arrivals_in = app.topic(DICOM_INSTANCES.name, key_serializer="raw", value_serial
 series_in = app.topic(DICOM_SERIES.name, key_serializer="raw", value_serializer="raw")
 outputs = FaustOutputs(app, SERVICE, (DICOM_SERIES, GRAPH_MUTATIONS, DEAD_LETTERS, FINDINGS, ALERTS, FHIR_WRITEBACK))
 triton = triton_client(settings, SERVICE)
+graph = Graph.connect(settings)  # reads prior studies; writes go through medstream.graph.mutations.v1
+analysis_services = Services(triton, graph, blob_store(settings), settings)
 ANALYSIS_SECONDS = Histogram(
     "medstream_imaging_analysis_seconds", "Series analysis time by stage", ["service", "route", "stage"]
 )
@@ -59,6 +74,18 @@ series_table = app.Table("imaging-series-state", key_type=str, value_type=str, u
 dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
 # The agent and the timer both read-modify-write series states across awaits: one at a time.
 state_lock = asyncio.Lock()
+# Series of this worker still collecting -> their last arrival (unix s): the quiet-period timer checks only these.
+# Rebuilt from the table by a periodic sweep (after recovery or a rebalance), kept current by the agent.
+collecting: dict[str, float] = {}
+SWEEP_EVERY_S = 60.0
+last_sweep = 0.0
+# Series revisions this process is analysing / has published. A rebalance while an analysis waits for Triton
+# or Neo4j redelivers its record (to this or another actor): without these the same outputs would be published
+# twice (same ids, so the graph would not change, but subscribers would see repeats). Across processes the
+# delivery stays at-least-once with deterministic ids.
+in_flight: dict[tuple[str, int], asyncio.Future[None]] = {}
+published: OrderedDict[tuple[str, int], None] = OrderedDict()
+PUBLISHED_MEMORY = 4096
 REQUIRED = ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid", "blob_uri", "sha256")
 
 
@@ -80,8 +107,9 @@ def graph_upserts(arrival: Arrival) -> list[Relationship]:
     """Patient-Study-Series-Instance, keyed by the patient id and the DICOM UIDs: a re-sent series adds nothing."""
     study = Node("Study", arrival.study_instance_uid)
     series = Node("Series", arrival.series_instance_uid, {"modality": arrival.modality, "body_part": arrival.body_part})
-    instance = Node("Instance", arrival.sop_instance_uid,
-                    {"instance_number": arrival.instance_number, "sop_class_uid": arrival.sop_class_uid})  # fmt: skip
+    instance = Node("Instance", arrival.sop_instance_uid, {
+        "instance_number": arrival.instance_number, "sop_class_uid": arrival.sop_class_uid,
+        "blob_uri": arrival.blob_uri})  # fmt: skip
     rels = [Relationship(study, "HAS_SERIES", series), Relationship(series, "HAS_INSTANCE", instance)]
     if arrival.patient_id:
         rels.insert(0, Relationship(Node("Patient", arrival.patient_id), "HAS_STUDY", study))
@@ -156,6 +184,7 @@ async def assemble_batch(events: list[Any]) -> None:
     await outputs.send_all(records)
     for uid, state in states.items():
         series_table[uid] = state.to_json()
+        track(uid, state)
     if events:
         PROCESSING_SECONDS.labels(SERVICE, DICOM_INSTANCES.name).observe((time.perf_counter() - started) / len(events))
 
@@ -167,15 +196,47 @@ async def quiet_periods() -> None:
         await complete_quiet()
 
 
+def track(uid: str, state: SeriesState) -> None:
+    if state.status == COLLECTING and state.instances:
+        collecting[uid] = state.last_seen
+    else:
+        collecting.pop(uid, None)
+
+
 async def complete_quiet() -> None:
-    collecting = {uid: SeriesState.from_json(text) for uid, text in list(series_table.items())}
-    records = await complete_due(collecting, time.time())
+    global last_sweep
+    now = time.time()
+    if now - last_sweep >= SWEEP_EVERY_S:
+        last_sweep = now
+        sweep(now)
+    quiet = [uid for uid, last_seen in collecting.items() if now - last_seen >= settings.imaging_quiet_s]
+    states = {}
+    for uid in quiet:
+        state = SeriesState.from_json(series_table.get(uid))
+        if state.status == COLLECTING and state.instances:
+            states[uid] = state
+        else:
+            collecting.pop(uid, None)  # completed elsewhere, or its partition moved to another worker
+    records = await complete_due(states, now)
     if not records:
         return
     await outputs.send_all(records)  # outputs first: a crash here republishes the same (series, revision)
     for _, key, _ in records:
         uid = (key or b"").decode()
-        series_table[uid] = collecting[uid].to_json()
+        series_table[uid] = states[uid].to_json()
+        track(uid, states[uid])
+
+
+def sweep(now: float) -> None:
+    """Once a minute: rebuild the collecting index from the table (this worker's partitions, after recovery or a
+    rebalance) and compact completed series past retention."""
+    collecting.clear()
+    for uid, text in list(series_table.items()):
+        state = SeriesState.from_json(text)
+        if expired(state, now, settings.imaging_state_retention_s):
+            compact(state)
+            series_table[uid] = state.to_json()
+        track(uid, state)
 
 
 def validate_series(msg: dicom_pb2.DicomSeriesComplete) -> list[str]:
@@ -194,28 +255,51 @@ async def analyse_series(stream):  # type: ignore[no-untyped-def]
         msg = await dead_letters.accept(record, dicom_pb2.DicomSeriesComplete, validate_series)
         if msg is None or not msg.route:
             continue  # no analysis applies (e.g. an abdominal CT): assembled and recorded in the graph only
+        revision = (msg.series_instance_uid, msg.revision)
+        if revision in published:
+            continue  # redelivered after a rebalance, already published by this process
+        if revision in in_flight:
+            # Redelivered (a rebalance during a long wait) while this process is still analysing it: the first
+            # analysis publishes; this one waits for it so that its offset is not committed before.
+            await asyncio.shield(in_flight[revision])
+            continue
+        in_flight[revision] = asyncio.get_running_loop().create_future()
         try:
-            result, timings = await retry_until_done(
-                partial(analyse, triton, msg), "triton", retry_on=(TritonUnavailable, OSError)
-            )
-        except SeriesUnreadable as exc:
-            await dead_letters.publish(record, PROCESSING_ERROR, f"series unreadable: {exc}")
-            continue
-        except InferenceServerException as exc:
-            # The model refused the request itself (missing model, shape mismatch): no retry can fix it; the
-            # series goes to the dead-letter topic for a replay once the model is fixed.
-            await dead_letters.publish(record, PROCESSING_ERROR, f"{msg.route} model refused: {exc.message()}")
-            continue
-        for stage, seconds in timings.items():
-            if stage != "patches":
-                ANALYSIS_SECONDS.labels(SERVICE, msg.route, stage).observe(seconds)
-        key = (msg.patient_id or msg.series_instance_uid).encode()
-        records: list[tuple[str, bytes | None, Record]] = [(FINDINGS.name, key, f) for f in result.findings]
-        records += [(ALERTS.name, key, a) for a in result.alerts]
-        records += [(FHIR_WRITEBACK.name, result.report.patient_reference.encode(), result.report)]
-        records += [(GRAPH_MUTATIONS.name, key, result.mutation)]
-        await outputs.send_all(records)
+            await analyse_and_publish(record, msg)
+            published[revision] = None
+            while len(published) > PUBLISHED_MEMORY:
+                published.popitem(last=False)
+        finally:
+            in_flight.pop(revision).set_result(None)
+
+
+async def analyse_and_publish(record: SourceRecord, msg: dicom_pb2.DicomSeriesComplete) -> None:
+    try:
+        # Triton, Neo4j or the blob store down: wait and retry; the offset is not committed until the outputs
+        # are acked.
+        result, timings = await retry_until_done(
+            partial(analyse, analysis_services, msg),
+            "triton/neo4j/blobs",
+            retry_on=(TritonUnavailable, *TRANSIENT_ERRORS, OSError),
+        )
+    except SeriesUnreadable as exc:
+        await dead_letters.publish(record, PROCESSING_ERROR, f"series unreadable: {exc}")
+        return
+    except InferenceServerException as exc:
+        # The model refused the request itself (missing model, shape mismatch): no retry can fix it; the
+        # series goes to the dead-letter topic for a replay once the model is fixed.
+        await dead_letters.publish(record, PROCESSING_ERROR, f"{msg.route} model refused: {exc.message()}")
+        return
+    for stage, seconds in timings.items():
+        if stage != "patches":
+            ANALYSIS_SECONDS.labels(SERVICE, msg.route, stage).observe(seconds)
+    key = (msg.patient_id or msg.series_instance_uid).encode()
+    records: list[tuple[str, bytes | None, Record]] = [(FINDINGS.name, key, f) for f in result.findings]
+    records += [(ALERTS.name, key, a) for a in result.alerts]
+    records += [(FHIR_WRITEBACK.name, result.report.patient_reference.encode(), result.report)]
+    records += [(GRAPH_MUTATIONS.name, key, result.mutation)]
+    await outputs.send_all(records)
 
 
 def main() -> None:
-    run_faust_worker(app, SERVICE, settings, {"triton": triton.ready})
+    run_faust_worker(app, SERVICE, settings, {"triton": triton.ready, "neo4j": graph.ready})

@@ -48,10 +48,22 @@ def candidates(
     min_volume_mm3: float = 8.0,
 ) -> list[Candidate]:
     """Connected components (26-neighbourhood) of `prob >= threshold`, largest confidence first."""
+    return labelled_candidates(prob, affine, spacing, threshold, min_volume_mm3)[0]
+
+
+def labelled_candidates(
+    prob: np.ndarray,
+    affine: np.ndarray,
+    spacing: Sequence[float],
+    threshold: float = 0.5,
+    min_volume_mm3: float = 8.0,
+) -> tuple[list[Candidate], np.ndarray]:
+    """`candidates`, plus a label map on the same grid in which candidate k (1-based, in the returned order) is
+    label k and everything else 0: the masks behind a DICOM SEG and a key image."""
     mask = prob >= threshold
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     voxel_mm3 = float(np.prod(spacing))
-    out = []
+    found: list[tuple[Candidate, int]] = []
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
         if region is None:
             continue
@@ -64,18 +76,21 @@ def candidates(
         grid = np.indices(component.shape).reshape(3, -1)
         centre = tuple(float((grid[a] * weights.ravel()).sum() / weights.sum() + region[a].start) for a in range(3))
         extent = max((s.stop - s.start) * float(spacing[a]) for a, s in enumerate(region))
-        out.append(
-            Candidate(
-                centre_mm=voxel_to_patient(affine, centre),
-                centre_voxel=(centre[0], centre[1], centre[2]),
-                volume_ml=volume_mm3 / 1000.0,
-                diameter_mm=(6 * volume_mm3 / math.pi) ** (1 / 3),
-                max_extent_mm=extent,
-                confidence=float(prob[region][component].max()),
-                voxels=voxels,
-            )
+        candidate = Candidate(
+            centre_mm=voxel_to_patient(affine, centre),
+            centre_voxel=(centre[0], centre[1], centre[2]),
+            volume_ml=volume_mm3 / 1000.0,
+            diameter_mm=(6 * volume_mm3 / math.pi) ** (1 / 3),
+            max_extent_mm=extent,
+            confidence=float(prob[region][component].max()),
+            voxels=voxels,
         )
-    return sorted(out, key=lambda c: (-c.confidence, -c.volume_ml))
+        found.append((candidate, index))
+    found.sort(key=lambda pair: (-pair[0].confidence, -pair[0].volume_ml))
+    relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint8 if len(found) < 255 else np.uint16)
+    for rank, (_, index) in enumerate(found, start=1):
+        relabel[index] = rank
+    return [c for c, _ in found], relabel[labels]
 
 
 def doubling_time(v_prior_ml: float, v_now_ml: float, days: float) -> float | None:

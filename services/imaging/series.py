@@ -120,6 +120,18 @@ def due(state: SeriesState, now: float, quiet_s: float) -> str | None:
     return None
 
 
+def expired(state: SeriesState, now: float, retention_s: float) -> bool:
+    """A completed series whose instance list is past retention (see `compact`)."""
+    return state.status == COMPLETE and bool(state.instances) and now - state.last_seen >= retention_s
+
+
+def compact(state: SeriesState) -> None:
+    """Forget a completed series' instances, keep its identity and revision count: the table stays small, and an
+    instance arriving later still opens the next revision (with only the instances sent since)."""
+    state.instances = {}
+    state.expected = 0
+
+
 def complete(state: SeriesState, reason: str) -> Completed:
     """Mark the series complete and describe the revision to analyse."""
     state.status = COMPLETE

@@ -11,7 +11,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from medstream.events.v1 import common_pb2, dicom_pb2, finding_pb2
 
 from services.common.graph_events import from_mutation
-from services.imaging.analysis import ROUTES, SeriesUnreadable, blob_path, outputs
+from services.imaging.analysis import ROUTES, SeriesUnreadable, outputs, read_series
 from services.imaging.postprocess import Candidate
 
 pytestmark = pytest.mark.unit
@@ -70,7 +70,8 @@ def test_no_lesion_still_reports_and_lung_severity_follows_size():
     assert not lung.alerts
 
 
-def test_only_file_blobs_are_read():
-    assert str(blob_path("file:///var/lib/medstream/blobs/a%20b.dcm")) == "/var/lib/medstream/blobs/a b.dcm"
+def test_a_missing_or_foreign_blob_makes_the_series_unreadable(tmp_path):
+    with pytest.raises(SeriesUnreadable, match="FileNotFoundError"):
+        read_series([(tmp_path / "gone.dcm").as_uri()])
     with pytest.raises(SeriesUnreadable):
-        blob_path("s3://bucket/key")
+        read_series(["ftp://example.org/x.dcm"])

