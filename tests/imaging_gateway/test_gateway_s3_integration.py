@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -18,8 +19,10 @@ from pydicom import dcmread
 
 from services.common.blobs import blob_store, read_blob
 from services.common.topic_reader import end_offsets, read_records
-from services.common.topics import DICOM_INSTANCES
+from services.common.topics import DICOM_INSTANCES, FHIR_WRITEBACK
+from services.imaging.synthetic_ct import generate_ct, write_series
 from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
+from tests.imaging.test_pipeline_integration import reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import fresh_ct, stow
 from tests.s3server import S3Server
 
@@ -27,7 +30,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which(dcmtk("storescu")) is None, reason="dcmtk is not installed (scripts/bootstrap.sh)"),
 ]
-S3_PORT, HTTP_PORT, DIMSE_PORT = 18205, 18206, 18207
+S3_PORT, HTTP_PORT, DIMSE_PORT, WORKER_PORT = 18205, 18206, 18207, 18208
 STOW = f"http://127.0.0.1:{HTTP_PORT}/dicomweb/studies"
 
 
@@ -96,7 +99,10 @@ def test_stow_and_storescu_land_in_the_bucket(local_stack, gateway, s3: S3Server
     for a in mine:
         assert a.blob_uri.startswith(f"s3://{s3.bucket}/gateway/")
         data = read_blob(a.blob_uri, s3.settings(blob_store="local"))
-        assert data == uids[a.sop_instance_uid] and hashlib.sha256(data).hexdigest() == a.sha256
+        assert hashlib.sha256(data).hexdigest() == a.sha256
+        assert str(dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID) == a.sop_instance_uid
+        if uids[a.sop_instance_uid] in sent:  # STOW-RS stores the file as sent; C-STORE its dataset as a file
+            assert data == uids[a.sop_instance_uid]
         assert store.announced(a.blob_uri)
 
 
@@ -116,3 +122,28 @@ def test_s3_down_refuses_with_out_of_resources_then_recovers(local_stack, gatewa
     uid = str(dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
     (arrival,) = [a for a in arrivals(local_stack, since) if a.sop_instance_uid == uid]
     assert read_blob(arrival.blob_uri, s3.settings()) == data
+
+
+def test_imaging_worker_reads_the_series_from_s3_and_stores_its_evidence_there(local_stack, gateway, s3, tmp_path):
+    env = {k: v for k, v in gateway[0].env.items() if k.startswith("MEDSTREAM_S3") or k == "MEDSTREAM_BLOB_STORE"}
+    worker = ServiceProcess("imaging", WORKER_PORT, local_stack.state_dir / "logs", {
+        **env, "MEDSTREAM_IMAGING_QUIET_S": "3"}).start()  # fmt: skip
+    try:
+        wait_for(worker.ready, 120, what="imaging worker ready")
+        ct = generate_ct(int(time.time()) % 100_000 + 800_000, n_nodules=2)
+        write_series(ct, tmp_path / "ct")
+        (tmp_path / "ct" / "ground_truth.json").unlink(missing_ok=True)
+        since = end_offsets(local_stack, FHIR_WRITEBACK.name)
+        storescu(tmp_path / "ct", DIMSE_PORT)
+        wait_for(lambda: reports_for(local_stack, since, ct.patient_id), 120, what="report")
+    finally:
+        worker.stop()
+    [report] = reports_for(local_stack, since, ct.patient_id)
+    forms = {f["title"]: f for f in report.get("presentedForm", [])}
+    assert {"dicom-sr", "dicom-seg", "key-image"} <= set(forms), report.get("presentedForm")
+    assert all(f["url"].startswith(f"s3://{s3.bucket}/gateway/outputs/") for f in forms.values())
+    seg = dcmread(BytesIO(read_blob(forms["dicom-seg"]["url"], s3.settings())))
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.series_instance_uid
+    sr = dcmread(BytesIO(read_blob(forms["dicom-sr"]["url"], s3.settings())))
+    assert sr.Modality == "SR"
+    assert read_blob(forms["key-image"]["url"], s3.settings()).startswith(b"\x89PNG")
