@@ -849,6 +849,7 @@ def slice_datasets(ct: SyntheticCT) -> list[Dataset]:
         ds.SeriesNumber = 1 if ct.phase == "baseline" else 2
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = k + 1
+        ds.ImagesInAcquisition = g.shape[0]  # one acquisition: the receiver knows when the series is complete
         ds.ImagePositionPatient = [_ds_str(v) for v in g.index_to_lps([k, 0, 0])]
         ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
         ds.FrameOfReferenceUID = ct.frame_of_reference_uid

