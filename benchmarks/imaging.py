@@ -4,6 +4,8 @@
   files on the same machine: instances/s, MB/s and their ratio, one run;
 - preprocessing time per series (read from the blob store, HU/normalisation, resampling, windowing);
 - series complete -> DiagnosticReport published, p50/p99, and last slice sent -> suspected-stroke alert;
+- the same for a follow-up CT compared with its prior (graph lookup, prior read, rigid registration), and the
+  worker's mean time per analysis stage (preprocess, inference, postprocess, prior, evidence: SEG/SR/key image);
 - Triton throughput of the 3D model: one patch per request from one client (the server cannot batch) vs 16
   concurrent clients (the dynamic batcher forms batches) vs 16 patches per request.
 Starts its own gateway, imaging worker and graph writer against the running local stack (started if needed).
@@ -32,9 +34,9 @@ from services.common.topic_reader import end_offsets
 from services.common.topics import ALERTS, DICOM_SERIES, FHIR_WRITEBACK
 from services.common.triton import TritonClient
 from services.imaging import lung
-from services.imaging.analysis import ROUTES, prepare, read_volume
+from services.imaging.analysis import ROUTES, prepare, read_series
 from services.imaging.stroke import lesion_datasets
-from services.imaging.synthetic_ct import generate_ct, write_series
+from services.imaging.synthetic_ct import generate_ct, generate_followup, write_series
 
 HTTP, DIMSE, WORKER, WRITER, STORESCP = 18150, 18151, 18152, 18153, 18154
 
@@ -98,15 +100,32 @@ class Watch:
         while time.monotonic() < deadline:
             msg = self.consumer.poll(0.1)
             if msg is not None and not msg.error():
-                self.records.append((msg.topic(), msg.value() or b"", msg.timestamp()[1] / 1000))
+                self.records.append((msg.topic() or "", msg.value() or b"", msg.timestamp()[1] / 1000))
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def bench_latency(settings: Settings, ct_root: Path, tmp: Path) -> None:
+def report_latencies(records: list[tuple[str, bytes, float]]) -> list[float]:
+    completed = {}
+    for topic, value, _ in records:
+        if topic == DICOM_SERIES.name:
+            s = dicom_pb2.DicomSeriesComplete.FromString(value)
+            if s.route:
+                completed[s.series_instance_uid] = s.completed_at.ToNanoseconds() / 1e9
+    reports = {}
+    for topic, value, ts in records:
+        if topic == FHIR_WRITEBACK.name:
+            event = fhir_pb2.FhirResourceEvent.FromString(value)
+            if event.resource_type == "DiagnosticReport":
+                uid = event.resource_json.split(b'"value":"urn:oid:')[1].split(b'"')[0].decode()
+                reports[uid] = ts
+    return [reports[uid] - done for uid, done in completed.items() if uid in reports]
+
+
+def bench_latency(settings: Settings, ct_root: Path, tmp: Path, followup: Path) -> None:
     watch = Watch(settings, [DICOM_SERIES.name, FHIR_WRITEBACK.name, ALERTS.name])
-    storescu(ct_root, DIMSE)  # fresh series: each completes (quiet period) and is analysed
+    storescu(ct_root, DIMSE)  # fresh series: each completes (at its Images in Acquisition count) and is analysed
     mr = tmp / "mr"
     mr.mkdir()
     datasets, _ = lesion_datasets(int(time.time()) % 1000)
@@ -115,40 +134,54 @@ def bench_latency(settings: Settings, ct_root: Path, tmp: Path) -> None:
     sent_mr = time.time()
     storescu(mr, DIMSE)
     sent_mr_done = time.time()
-    watch.poll(150)
-    watch.close()
-    completed = {}
-    for topic, value, _ in watch.records:
-        if topic == DICOM_SERIES.name:
-            s = dicom_pb2.DicomSeriesComplete.FromString(value)
-            if s.route:
-                completed[s.series_instance_uid] = s.completed_at.ToNanoseconds() / 1e9
-    reports = {}
-    for topic, value, ts in watch.records:
-        if topic == FHIR_WRITEBACK.name:
-            event = fhir_pb2.FhirResourceEvent.FromString(value)
-            if event.resource_type == "DiagnosticReport":
-                uid = event.resource_json.split(b'"value":"urn:oid:')[1].split(b'"')[0].decode()
-                reports[uid] = ts
-    latencies = [reports[uid] - done for uid, done in completed.items() if uid in reports]
+    watch.poll(90)
+    latencies = report_latencies(watch.records)
     if latencies:
         row("series complete -> DiagnosticReport published", ms(latencies), f"{len(latencies)} series (CT chest and "
-            "MR brain): read blobs, preprocess, Triton, measure, publish")  # fmt: skip
+            "MR brain): read blobs, preprocess, Triton, measure, SEG/SR/key image, publish")  # fmt: skip
     alerts = [ts for topic, value, ts in watch.records
               if topic == ALERTS.name and alert_pb2.Alert.FromString(value).kind == "suspected-stroke"]  # fmt: skip
     if alerts:
         row("last MR slice sent -> suspected-stroke alert", f"{min(alerts) - sent_mr_done:.1f} s",
             f"incl. the 2 s series quiet period; 20 slices sent in {sent_mr_done - sent_mr:.1f} s")  # fmt: skip
+    before = len(watch.records)
+    storescu(followup, DIMSE)  # the first CT's patient 90 days later; its prior is in the graph by now
+    watch.poll(60)
+    watch.close()
+    compared = report_latencies(watch.records[before:])
+    if compared:
+        row("follow-up CT complete -> DiagnosticReport with change vs prior", ms(compared),
+            "adds graph lookup, reading the prior, rigid registration (Mattes MI) and matching")  # fmt: skip
+
+
+def bench_stages() -> None:
+    """Mean seconds per analysis stage from the worker's own histogram (medstream_imaging_analysis_seconds)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{WORKER}/metrics", timeout=5).text
+    sums: dict[tuple[str, str], list[float]] = {}
+    for line in text.splitlines():
+        if line.startswith("medstream_imaging_analysis_seconds_") and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            labels = dict(part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(","))
+            key = (labels["route"].strip('"'), labels["stage"].strip('"'))
+            slot = sums.setdefault(key, [0.0, 0.0])
+            if "_sum{" in name:
+                slot[0] = float(value)
+            elif "_count{" in name:
+                slot[1] = float(value)
+    for route in sorted({r for r, _ in sums}):
+        parts = [f"{stage} {total / count:.2f}" for (r, stage), (total, count) in sorted(sums.items())
+                 if r == route and count]  # fmt: skip
+        row(f"analysis stages, {route} (mean s per series)", ", ".join(parts), "from the worker's /metrics")
 
 
 def bench_preprocess(ct_root: Path) -> None:
     times = []
     for folder in sorted(p for p in ct_root.iterdir() if p.is_dir()):
         files = sorted(folder.glob("*.dcm"))
-        msg = dicom_pb2.DicomSeriesComplete(instances=[dicom_pb2.DicomInstanceRef(blob_uri=f.resolve().as_uri())
-                                                       for f in files])  # fmt: skip
         t0 = time.perf_counter()
-        prepare(ROUTES["lung-nodule"], read_volume(msg))
+        prepare(ROUTES["lung-nodule"], read_series([f.resolve().as_uri() for f in files])[1])
         times.append(time.perf_counter() - t0)
     row("preprocessing per CT series (80 x 256 x 256)", f"{np.median(times):.2f} s median",
         "read 80 files, HU, resample to 2.5 mm, lung window")  # fmt: skip
@@ -201,7 +234,8 @@ def main() -> None:
             extra.unlink()
         bench_preprocess(ct_root)
         procs = [start("imaging-gateway", HTTP, settings, {"MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE),
-                                                           "MEDSTREAM_DICOM_BLOB_DIR": str(tmp / "blobs")}),
+                                                           "MEDSTREAM_DICOM_BLOB_DIR": str(tmp / "blobs"),
+                                                           "MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true"}),
                  start("imaging", WORKER, settings, {"MEDSTREAM_IMAGING_QUIET_S": "2"}),
                  start("graph-writer", WRITER, settings)]  # fmt: skip
         try:
@@ -211,7 +245,12 @@ def main() -> None:
                 write_series(generate_ct(base + 10 + i), fresh / f"s{i}")
             for extra in fresh.rglob("*.json"):
                 extra.unlink()
-            bench_latency(settings, fresh, tmp)
+            later = tmp / "followup"
+            write_series(generate_followup(base + 10), later)
+            for extra in later.rglob("*.json"):
+                extra.unlink()
+            bench_latency(settings, fresh, tmp, later)
+            bench_stages()
         finally:
             for proc in procs:
                 stop(proc)

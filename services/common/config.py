@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     dicom_sop_classes: list[str] = []  # accepted SOP class UIDs; empty: pynetdicom's storage classes
     dicom_transfer_syntaxes: list[str] = []  # empty: every transfer syntax pydicom knows
     dicom_publish_timeout_ms: int = 15_000  # how long a sender waits for Kafka before 0xA700 / 503
+    # Complete a series at its Images in Acquisition (0020,1002) count instead of the quiet period. Off by default:
+    # only for senders known to fill it with the series' instance count (one acquisition per series).
+    dicom_trust_images_in_acquisition: bool = False
 
     # Blob store for DICOM instances and imaging outputs (services/common/blobs.py): "local" (dicom_blob_dir,
     # file:// URIs) or "s3" (s3:// URIs, readable from any pod). No access key: boto3's own chain (IRSA, env).

