@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 from medstream.events.v1 import common_pb2, fhir_pb2
 from prometheus_client import Counter
@@ -23,7 +24,7 @@ from services.cds.graph import evidence_upserts, resource_upserts
 from services.cds.model.embedding import embed
 from services.cds.state import PatientState, apply
 from services.common.config import get_settings
-from services.common.deadletter import PROCESSING_ERROR, DeadLetters, SourceRecord
+from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
 from services.common.graph_events import to_mutation
 from services.common.kafka import FaustOutputs, JsonDocument, Record, make_faust_app, run_faust_worker
 from services.common.service import retry_until_done
@@ -49,21 +50,22 @@ engine = Engine(triton, embed, alpha=settings.cds_alpha, top=settings.cds_top, e
 dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
 
 
-def validate(event: fhir_pb2.FhirResourceEvent) -> list[str]:
+def parse(event: fhir_pb2.FhirResourceEvent) -> tuple[dict[str, Any], list[str]]:
+    """The event's resource, parsed once, and what is wrong with the event (empty when it can be applied)."""
     problems = []
     if not event.resource_type or not event.resource_id:
         problems.append("resource_type and resource_id are required")
     try:
         resource = json.loads(event.resource_json)
     except ValueError as exc:
-        return [*problems, f"resource_json is not JSON: {exc}"]
+        return {}, [*problems, f"resource_json is not JSON: {exc}"]
     if not isinstance(resource, dict) or resource.get("resourceType") != event.resource_type:
         problems.append("resource_json is not a resource of the event's resource_type")
     elif resource.get("id") != event.resource_id:
         problems.append("resource_json id differs from resource_id")
     if event.patient_reference and not event.patient_reference.startswith("Patient/"):
         problems.append("patient_reference must be Patient/<id>")
-    return problems
+    return (resource if isinstance(resource, dict) else {}), problems
 
 
 def suggestion_record(assessment: Assessment) -> tuple[str, bytes, Record]:
@@ -81,19 +83,24 @@ async def process(stream):  # type: ignore[no-untyped-def]
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
         started = time.perf_counter()
         records: list[tuple[str, bytes | None, Record]] = []
-        by_patient: dict[str, list[tuple[SourceRecord, fhir_pb2.FhirResourceEvent]]] = defaultdict(list)
+        by_patient: dict[str, list[tuple[SourceRecord, fhir_pb2.FhirResourceEvent, dict[str, Any]]]]
+        by_patient = defaultdict(list)
         for event in events:
             record = SourceRecord.from_faust(event)
-            msg = await dead_letters.accept(record, fhir_pb2.FhirResourceEvent, validate)
-            if msg is not None and msg.patient_reference:  # Practitioner, Organization: nothing to keep
-                by_patient[msg.patient_reference].append((record, msg))
+            msg = await dead_letters.accept(record, fhir_pb2.FhirResourceEvent, lambda _: [])
+            if msg is None:
+                continue
+            resource, problems = parse(msg)
+            if problems:
+                await dead_letters.publish(record, VALIDATION_ERROR, "; ".join(problems))
+            elif msg.patient_reference:  # Practitioner, Organization: nothing to keep
+                by_patient[msg.patient_reference].append((record, msg, resource))
         states: dict[str, PatientState] = {}
         for reference, items in by_patient.items():
             state = PatientState.from_json(patients.get(reference))
             patient_id = reference.split("/", 1)[1]
             state.patient_id = state.patient_id or patient_id
-            for record, msg in items:
-                resource = json.loads(msg.resource_json)
+            for record, msg, resource in items:
                 apply(state, msg.resource_type, resource, msg.operation == fhir_pb2.FHIR_OPERATION_DELETE)
                 nodes, rels = resource_upserts(msg.resource_type, resource, patient_id)
                 if nodes or rels:
@@ -113,7 +120,7 @@ async def process(stream):  # type: ignore[no-untyped-def]
                 # triggering events go to the dead-letter topic for a replay; state keeps them and stays due.
                 EVALUATIONS.labels(SERVICE, "refused").inc(len(due))
                 for ref in due:
-                    for record, _ in by_patient[ref]:
+                    for record, _, _ in by_patient[ref]:
                         await dead_letters.publish(record, PROCESSING_ERROR, f"{MODEL_NAME} refused: {exc.message()}")
                 assessments = []
             for ref, assessment in zip(due, assessments, strict=False):
