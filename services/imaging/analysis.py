@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import io
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import pydicom
 from google.protobuf.timestamp_pb2 import Timestamp
 from medstream.events.v1 import alert_pb2, common_pb2, dicom_pb2, fhir_pb2, finding_pb2, graph_pb2
+from prometheus_client import Counter
 
 from services.common.blobs import BlobStore, BlobStoreUnavailable, read_blob
 from services.common.config import Settings
@@ -32,6 +34,9 @@ from services.imaging.postprocess import Candidate, Change, labelled_candidates
 from services.imaging.preprocess import Volume, load_series, rescale
 from services.imaging.priors import Comparison, PriorStudy, find_prior, measure_change, study_date
 
+log = logging.getLogger(__name__)
+EVIDENCE_FAILURES = Counter("medstream_imaging_evidence_failures_total", "Series reported without SEG/SR/key image",
+                            ["service", "route"])  # fmt: skip
 _NAMESPACE = uuid.UUID("0d6f3c0e-1b7e-4f4e-9a53-5d0b8f2e6a71")
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -108,6 +113,7 @@ class Context:
     study_date: dt.date | None = None
     comparison: Comparison | None = None
     evidence: tuple[finding_pb2.EvidenceRef, ...] = ()
+    evidence_error: str = ""  # why no evidence could be produced, when it could not
 
     def change(self, rank: int) -> tuple[Change | None, str | None]:
         if self.comparison is None:
@@ -267,6 +273,8 @@ def _report(
         conclusion += (f". Compared with the prior study of {prior.prior.study_date.isoformat()} "
                        f"({prior.days:.0f} days earlier, registered rigidly): {grown} matched, "
                        f"{len(prior.changes) - grown} new")  # fmt: skip
+    if context.evidence_error:
+        conclusion += f". No DICOM SEG/SR or key image: {context.evidence_error}"
     conclusion += f". {model.name} v{model.version}; trained on synthetic data, not for clinical use."
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -362,7 +370,11 @@ async def compare_with_prior(
         return None
     prior_grid, _ = await asyncio.to_thread(prepare, route, prior_volume)
     days = float((date - prior.study_date).days)
-    return await asyncio.to_thread(measure_change, grid, prior_grid, found, prior, days)
+    try:
+        return await asyncio.to_thread(measure_change, grid, prior_grid, found, prior, days)
+    except (RuntimeError, ValueError) as exc:  # SimpleITK refuses volumes it cannot register
+        log.warning("prior study not compared", extra={"reason": f"{type(exc).__name__}: {exc}"[:300]})
+        return None
 
 
 def evidence_objects(
@@ -450,14 +462,22 @@ async def analyse(
     comparison = await compare_with_prior(services, series, route, grid, found, date)
     t4 = loop.time()
     model = common_pb2.ModelRef(name=route.model, version=version)
-    objects = await asyncio.to_thread(
-        evidence_objects, datasets, volume, grid, labels, route, found, comparison, model, base_key(series, model), now
-    )
+    evidence_error = ""
+    try:
+        objects = await asyncio.to_thread(
+            evidence_objects, datasets, volume, grid, labels, route, found, comparison, model, base_key(series, model),
+            now,
+        )  # fmt: skip
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # Findings are still published; the report says evidence is missing and the log says why.
+        log.warning(
+            "evidence not produced", extra={"route": route.name, "reason": f"{type(exc).__name__}: {exc}"[:300]}
+        )
+        EVIDENCE_FAILURES.labels("imaging", route.name).inc()
+        objects, evidence_error = [], f"{type(exc).__name__}: {exc}"[:300]
     refs = await store_evidence(services.store, objects)
     t5 = loop.time()
-    result = outputs(
-        series, route, found, model, now, Context(study_date=date, comparison=comparison, evidence=tuple(refs))
-    )
+    result = outputs(series, route, found, model, now, Context(date, comparison, tuple(refs), evidence_error))
     t6 = loop.time()
     timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": (t3 - t2) + (t6 - t5), "prior": t4 - t3,
                "evidence": t5 - t4, "patches": float(patches)}  # fmt: skip

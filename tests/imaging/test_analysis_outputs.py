@@ -116,3 +116,9 @@ def test_a_comparison_with_the_prior_reaches_findings_report_and_graph():
         series_node.properties["route"] == "lung-nodule" and series_node.properties["analysed_model"] == "lung_nodule:3"
     )
     assert [(r.start.key, r.end.key) for r in rels if r.type == "CHANGED_FROM"] == [(grown.finding_id, "prior-1")]
+
+
+def test_a_report_without_evidence_says_why():
+    out = outputs(series("stroke"), ROUTES["stroke"], LESIONS, MODEL, NOW, Context(evidence_error="ValueError: x"))
+    assert "No DICOM SEG/SR or key image: ValueError: x" in json.loads(out.report.resource_json)["conclusion"]
+    assert not out.findings[0].evidence
