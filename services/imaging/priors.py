@@ -120,11 +120,10 @@ def measure_change(
     moved = [_moved(c, to_prior) for c in found]
     priors = [p.candidate for p in prior.findings]
     by_centre = {p.candidate.centre_mm: p.finding_id for p in prior.findings}
-    matched = {id(c): change for c, change in ((ch.current, ch) for ch in compare(moved, priors, days,
-                                                                                   max_distance_mm))}  # fmt: skip
+    by_lesion = {id(change.current): change for change in compare(moved, priors, days, max_distance_mm)}
     changes, prior_ids = [], []
     for original, in_prior in zip(found, moved, strict=True):
-        change = matched[id(in_prior)]
+        change = by_lesion[id(in_prior)]  # compare() orders by volume; report in the findings' order
         changes.append(Change(original, change.prior, change.distance_mm, change.volume_change_pct,
                               change.doubling_time_days))  # fmt: skip
         prior_ids.append(by_centre.get(change.prior.centre_mm) if change.prior else None)
