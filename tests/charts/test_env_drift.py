@@ -55,7 +55,7 @@ def test_chart_sets_only_settings_the_services_read(rendered):
 def test_chart_sets_every_required_setting(rendered):
     variant, services = rendered
     for name, (env, _) in services.items():
-        needed = REQUIRED_ALL | REQUIRED_BY_DEPENDENCY.get(DEPENDS[name] or "", set())
+        needed = REQUIRED_ALL.union(*(REQUIRED_BY_DEPENDENCY.get(d, set()) for d in DEPENDS[name]))
         if name in WITHOUT_KAFKA:
             kafka = sorted(k for k in env if k.startswith("MEDSTREAM_KAFKA_"))
             assert not kafka, f"{variant}/{name}: never touches Kafka, yet the chart sets {kafka}"

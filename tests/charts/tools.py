@@ -33,16 +33,16 @@ CONSUMES = {
     "imaging": DICOM_INSTANCES.name,
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
-DEPENDS = {
-    "deterioration": "triton",
-    "graph-writer": "neo4j",
-    "wearables": "triton",
-    "wearables-gateway": None,
-    "fhir-gateway": None,
-    "decision-support": "triton",
-    "cds-hooks": "triton",
-    "imaging-gateway": None,
-    "imaging": "triton",
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "deterioration": ("triton",),
+    "graph-writer": ("neo4j",),
+    "wearables": ("triton",),
+    "wearables-gateway": (),
+    "fhir-gateway": (),
+    "decision-support": ("triton",),
+    "cds-hooks": ("triton",),
+    "imaging-gateway": (),
+    "imaging": ("triton", "neo4j"),
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {
