@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The imaging service (faust worker: DICOM instance claim checks in; completed series, findings, stroke alerts,
 # FHIR DiagnosticReports, graph mutations and dead letters out; the 3D models run on Triton). It reads the
-# instances from the blob store the imaging gateway writes.
+# instances from the blob store the imaging gateway writes (a shared folder or S3), writes its DICOM SEG/SR and
+# key images there, and reads the patient's prior study from Neo4j.
 # Build from the repository root:
 #   docker build -f docker/imaging.Dockerfile -t medstream/imaging:0.1.0 .
 # Runs as uid 10001 with a read-only root filesystem: only /var/lib/medstream (state) and /tmp are written.
