@@ -184,7 +184,7 @@ async def assemble_batch(events: list[Any]) -> None:
     await outputs.send_all(records)
     for uid, state in states.items():
         series_table[uid] = state.to_json()
-        track(uid, state)
+        track(uid, state, time.time())
     if events:
         PROCESSING_SECONDS.labels(SERVICE, DICOM_INSTANCES.name).observe((time.perf_counter() - started) / len(events))
 
@@ -196,9 +196,12 @@ async def quiet_periods() -> None:
         await complete_quiet()
 
 
-def track(uid: str, state: SeriesState) -> None:
+def track(uid: str, state: SeriesState, consumed_at: float) -> None:
+    """Index a series still collecting by when this worker last consumed an instance of it: after a restart or a
+    rebalance the backlog of its instances is read before its quiet period can end (the senders' timestamps
+    alone would count the downtime as quiet)."""
     if state.status == COLLECTING and state.instances:
-        collecting[uid] = state.last_seen
+        collecting[uid] = max(state.last_seen, consumed_at)
     else:
         collecting.pop(uid, None)
 
@@ -224,19 +227,20 @@ async def complete_quiet() -> None:
     for _, key, _ in records:
         uid = (key or b"").decode()
         series_table[uid] = states[uid].to_json()
-        track(uid, states[uid])
+        track(uid, states[uid], now)
 
 
 def sweep(now: float) -> None:
     """Once a minute: rebuild the collecting index from the table (this worker's partitions, after recovery or a
-    rebalance) and compact completed series past retention."""
+    rebalance) and compact completed series past retention. A series first seen here gets a full quiet period."""
+    known = dict(collecting)
     collecting.clear()
     for uid, text in list(series_table.items()):
         state = SeriesState.from_json(text)
         if expired(state, now, settings.imaging_state_retention_s):
             compact(state)
             series_table[uid] = state.to_json()
-        track(uid, state)
+        track(uid, state, known.get(uid, now))
 
 
 def validate_series(msg: dicom_pb2.DicomSeriesComplete) -> list[str]:

@@ -89,7 +89,11 @@ def test_quiet_period_revision_and_crash(local_stack, services):
     wait_for(services["imaging"].ready, 90, what="imaging back")
     wait_for(lambda: completions(local_stack, before, series), 60, what="series complete")
     time.sleep(QUIET_S + 2)
-    [first] = completions(local_stack, before, series)
+    got = completions(local_stack, before, series)
+    assert len(got) == 1, [
+        (c.revision, len(c.instances), c.completion_reason, c.completed_at.ToJsonString()) for c in got
+    ]
+    [first] = got
     assert first.revision == 1 and first.completion_reason == "quiet-period" and first.route == "lung-nodule"
     assert [i.instance_number for i in first.instances] == list(range(1, 21))
 
