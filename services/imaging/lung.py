@@ -4,7 +4,8 @@ Everything is synthetic (services/imaging/synthetic_ct.py): no chest CT data exi
 come straight from the phantom generator; the held-out test series are written as multi-file DICOM and read
 back through the service's own path (pydicom -> load_series -> rescale -> this preprocessing), so evaluation
 exercises what production runs. `python -m services.imaging.lung` trains, evaluates and exports to
-model_repository/lung_nodule/1/ (`make eval-imaging` prints the figures).
+model_repository/lung_nodule/1/ (`make eval-imaging` prints the figures; the change-against-prior ones come from
+change_eval.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def has_lung(patch: np.ndarray) -> bool:
 TRAIN_SEEDS = range(1000, 1048)
 VALIDATION_SEEDS = range(3000, 3008)
 TEST_SEEDS = range(5000, 5016)
+CHANGE_SEEDS = range(6000, 6010)  # baseline + follow-up pairs for the change-against-prior figures (change_eval.py)
 MAX_FP_PER_SCAN = 2.0  # the operating point: best sensitivity at <= 2 false positives per scan on validation
 REPO = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
 
@@ -108,7 +110,7 @@ def predictor(model: torch.nn.Module):  # type: ignore[no-untyped-def]
     return lambda s: predict_volume(model, s.volume, PATCH, STRIDE, keep=has_lung)
 
 
-def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run(out_dir: Path, steps: int, seed: int = 0, log=print, change: bool = True) -> dict[str, object]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     train_samples = [training_sample(generate_ct(s, n_nodules=3)) for s in TRAIN_SEEDS]
     built = time.perf_counter() - started
@@ -146,6 +148,10 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object
         "test": asdict(metrics),
         "seconds_per_test_series": {"dicom_read_and_preprocess": round(read_s, 2), "inference_cpu": round(infer_s, 2)},
     }
+    if change:
+        from services.imaging import change_eval  # builds on this module: imported here, not at the top
+
+        evaluation["change"] = change_eval.evaluate_change(predict, log=log)
     export(model, out_dir / "1", {"name": MODEL_NAME, "patch": PATCH, "grid_mm": SPACING, "window": WINDOW})
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     return evaluation
@@ -155,8 +161,9 @@ DEFAULT_STEPS = 1000
 
 
 def train_for_repository(target: Path) -> dict[str, object]:
-    """What `medstream stack up` / `models train` call when the weights are missing (a few minutes on 2 cores)."""
-    return run(target, DEFAULT_STEPS)
+    """What `medstream stack up` / `models train` call when the weights are missing (a few minutes on 2 cores;
+    without the ~2 minutes of change-against-prior figures, which `make eval-imaging` adds)."""
+    return run(target, DEFAULT_STEPS, change=False)
 
 
 def main() -> None:
