@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,15 +270,19 @@ def test_new_model_version_is_picked_up_without_restart(local_stack, services, s
     restart of the worker; removing it goes back to version 1."""
     source, new = REPO / "1", REPO / "2"
     assert not new.exists(), "a stray model_repository/cds_multimodal/2"
-    shutil.copytree(source, new, ignore=shutil.ignore_patterns("__pycache__"))
+    # Staged next to the repository and renamed into place: Triton polls every 5 s and must never see a half-copied
+    # version (it would fail to load it and report the model not ready).
+    staging = Path(tempfile.mkdtemp(dir=REPO.parents[1], prefix=".staging-"))
+    shutil.copytree(source, staging / "2", ignore=shutil.ignore_patterns("__pycache__"))
+    (staging / "2").rename(new)
     try:
         patient = patient_id(case_bundle("hypertension", seed=seed + 5, index=0))
 
         def version_after_note(n: int) -> str | None:
             note = case_bundle("hypertension", seed=seed + 5, index=0)
             before = end_offsets(local_stack, CDS_SUGGESTIONS.name)
-            note["entry"][-1]["resource"]["date"] = f"2026-03-0{n}T10:00:00Z"
-            note["entry"][-1]["fullUrl"] = f"urn:uuid:00000000-0000-4000-8000-00000000000{n}"
+            note["entry"][-1]["resource"]["date"] = f"2026-03-{n:02d}T10:00:00Z"
+            note["entry"][-1]["fullUrl"] = f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
             note["entry"][-1]["resource"]["content"][0]["attachment"]["data"] = __import__("base64").b64encode(
                 f"Follow-up visit {n}. Reports headache and dizziness.".encode()).decode()  # fmt: skip
             assert post(note).status_code == 200
@@ -291,5 +296,7 @@ def test_new_model_version_is_picked_up_without_restart(local_stack, services, s
         assert version == "2"
         assert services["decision-support"].alive()
     finally:
-        shutil.rmtree(new, ignore_errors=True)
+        if new.exists():
+            new.rename(staging / "2")  # gone at once for Triton, then deleted
+        shutil.rmtree(staging, ignore_errors=True)
     time.sleep(12)  # two poll periods: Triton unloads version 2 and serves version 1 again
