@@ -74,7 +74,8 @@ series_table = app.Table("imaging-series-state", key_type=str, value_type=str, u
 dead_letters = DeadLetters(SERVICE, lambda key, letter: outputs.send(DEAD_LETTERS.name, key, letter))
 # The agent and the timer both read-modify-write series states across awaits: one at a time.
 state_lock = asyncio.Lock()
-# Series of this worker still collecting -> their last arrival (unix s): the quiet-period timer checks only these.
+# Series of this worker still collecting -> when it last consumed one of their instances (unix s; see `track`):
+# the quiet-period timer checks only these.
 # Rebuilt from the table by a periodic sweep (after recovery or a rebalance), kept current by the agent.
 collecting: dict[str, float] = {}
 SWEEP_EVERY_S = 60.0
