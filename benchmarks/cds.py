@@ -21,14 +21,12 @@ import httpx
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from benchmarks.wearables import row, start, stop
+from benchmarks.wearables import row, stack_up, start, stop
 from services.cds.engine import Engine
 from services.cds.model.embedding import embed
 from services.cds.samples import PROFILES, case_bundle, patient_id
 from services.cds.state import PatientState, apply
-from services.cli import stack
 from services.common.config import Settings
-from services.common.kafka import ensure_topics
 from services.common.topic_reader import end_offsets
 from services.common.topics import CDS_SUGGESTIONS
 from services.common.triton import TritonClient
@@ -214,12 +212,7 @@ async def bench_engine(settings: Settings, seed: int) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    paths = stack.Paths(settings.state_dir)
-    for c in stack.COMPONENTS:
-        c.install(paths)
-        stack.start(c, paths, settings)
-    ensure_topics(settings)
+    settings = stack_up()
     seed = random.randrange(1, 2**30)
     print("| measurement | result | note |\n|---|---|---|", flush=True)
     procs = [start("fhir-gateway", GATEWAY, settings), start("decision-support", WORKER, settings),

@@ -26,10 +26,8 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from medstream.events.v1 import alert_pb2, dicom_pb2, fhir_pb2
 
-from benchmarks.wearables import row, start, stop
-from services.cli import stack
+from benchmarks.wearables import row, stack_up, start, stop
 from services.common.config import Settings
-from services.common.kafka import ensure_topics
 from services.common.topic_reader import end_offsets
 from services.common.topics import ALERTS, DICOM_SERIES, FHIR_WRITEBACK
 from services.common.triton import TritonClient
@@ -217,12 +215,7 @@ async def bench_triton(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    paths = stack.Paths(settings.state_dir)
-    for c in stack.COMPONENTS:
-        c.install(paths)
-        stack.start(c, paths, settings)
-    ensure_topics(settings)
+    settings = stack_up()
     print("| measurement | result | note |\n|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -51,6 +51,17 @@ def start(name: str, port: int, settings: Settings, env: dict[str, str] | None =
     raise RuntimeError(f"{name} not ready; see {log.name}")
 
 
+def stack_up() -> Settings:
+    """The local stack started (what is already running stays) and every topic created: a bench's first step."""
+    settings = Settings()
+    paths = stack.Paths(settings.state_dir)
+    for c in stack.COMPONENTS:
+        c.install(paths)
+        stack.start(c, paths, settings)
+    ensure_topics(settings)
+    return settings
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(60)
@@ -209,12 +220,7 @@ def bench_alert_latency(settings: Settings, patients: int = 60) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    paths = stack.Paths(settings.state_dir)
-    for c in stack.COMPONENTS:
-        c.install(paths)
-        stack.start(c, paths, settings)
-    ensure_topics(settings)
+    settings = stack_up()
     print("| measurement | result | note |\n|---|---|---|", flush=True)
     gateway = start("wearables-gateway", HTTP_PORT, settings, {"MEDSTREAM_WEARABLES_GRPC_PORT": str(GRPC_PORT)})
     try:
