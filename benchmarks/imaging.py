@@ -155,22 +155,18 @@ def bench_latency(settings: Settings, ct_root: Path, tmp: Path, followup: Path) 
 def bench_stages() -> None:
     """Mean seconds per analysis stage from the worker's own histogram (medstream_imaging_analysis_seconds)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"http://127.0.0.1:{WORKER}/metrics", timeout=5).text
-    sums: dict[tuple[str, str], list[float]] = {}
-    for line in text.splitlines():
-        if line.startswith("medstream_imaging_analysis_seconds_") and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            labels = dict(part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(","))
-            key = (labels["route"].strip('"'), labels["stage"].strip('"'))
-            slot = sums.setdefault(key, [0.0, 0.0])
-            if "_sum{" in name:
-                slot[0] = float(value)
-            elif "_count{" in name:
-                slot[1] = float(value)
-    for route in sorted({r for r, _ in sums}):
-        parts = [f"{stage} {total / count:.2f}" for (r, stage), (total, count) in sorted(sums.items())
-                 if r == route and count]  # fmt: skip
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "medstream_imaging_analysis_seconds":
+            for sample in family.samples:
+                key = (sample.labels["route"], sample.labels["stage"])
+                totals.setdefault(key, {})[sample.name.rsplit("_", 1)[1]] = sample.value
+    for route in sorted({r for r, _ in totals}):
+        parts = [f"{stage} {t['sum'] / t['count']:.2f}" for (r, stage), t in sorted(totals.items())
+                 if r == route and t.get("count")]  # fmt: skip
         row(f"analysis stages, {route} (mean s per series)", ", ".join(parts), "from the worker's /metrics")
 
 

@@ -399,9 +399,9 @@ def evidence_objects(
     on_sources = dicom_outputs.labels_on_sources(labels, grid.affine, datasets)
     seg = dicom_outputs.segmentation(datasets, on_sources, findings, kind=route.kind, seed=base, now=now, **names)
     sr = dicom_outputs.measurement_report(datasets, seg, findings, kind=route.kind, seed=base, now=now, **names)
-    out = [("dicom-sr", f"{folder}/sr.dcm", _dicom_bytes(sr), "application/dicom")]
+    out = [("dicom-sr", f"{folder}/sr.dcm", dicom_bytes(sr), "application/dicom")]
     if seg is not None:
-        out.insert(0, ("dicom-seg", f"{folder}/seg.dcm", _dicom_bytes(seg), "application/dicom"))
+        out.insert(0, ("dicom-seg", f"{folder}/seg.dcm", dicom_bytes(seg), "application/dicom"))
         on_volume = dicom_outputs.labels_on_volume(labels, grid.affine, volume.affine, _shape3(volume.array))
         if (on_volume == 1).any():
             caption = dicom_outputs.key_image_caption(findings[0], kind=route.kind, **names)
@@ -424,7 +424,7 @@ def _window(route: Route, volume: Volume) -> tuple[float, float]:
     return float((low + high) / 2), float(max(high - low, 1e-3))
 
 
-def _dicom_bytes(ds: pydicom.Dataset) -> bytes:
+def dicom_bytes(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from services.common.blobs import LocalBlobStore, read_blob
 from services.imaging import lung
-from services.imaging.analysis import ROUTES, evidence_objects, store_evidence
+from services.imaging.analysis import ROUTES, dicom_bytes, evidence_objects, store_evidence
 from services.imaging.postprocess import labelled_candidates
 from services.imaging.preprocess import load_series, rescale
 from services.imaging.synthetic_ct import generate_ct, slice_datasets
@@ -28,18 +28,12 @@ MODEL = common_pb2.ModelRef(name="lung_nodule", version="1")
 @pytest.fixture(scope="module")
 def analysed():
     ct = generate_ct(7, n_nodules=2)
-    datasets = [pydicom.dcmread(BytesIO(_bytes(ds))) for ds in slice_datasets(ct)]  # as read from the blob store
+    datasets = [pydicom.dcmread(BytesIO(dicom_bytes(ds))) for ds in slice_datasets(ct)]  # as read from the blob store
     volume = rescale(load_series(datasets))
     grid = lung.prepare(volume)
     truth = lung.training_sample(ct).mask  # the known nodules on the model grid stand in for the model's output
     found, labels = labelled_candidates(truth, grid.affine, grid.spacing, 0.5, 8.0)
     return ct, datasets, volume, grid, found, labels
-
-
-def _bytes(ds: pydicom.Dataset) -> bytes:
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def test_seg_sr_and_key_image_describe_the_lesions_on_the_source_series(analysed, tmp_path):

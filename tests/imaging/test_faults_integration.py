@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from services.common.topic_reader import end_offsets
+from services.common.topics import FHIR_WRITEBACK, FINDINGS
 from services.imaging.synthetic_ct import generate_ct, write_series
 from tests.conftest import ServiceProcess, dcmtk, running, wait_for
 from tests.faults import TcpProxy
-from tests.imaging import test_pipeline_integration as pipeline
+from tests.imaging.helpers import findings_for, graph_counts, reports_for, storescu
 
 pytestmark = [
     pytest.mark.integration,
@@ -53,36 +55,36 @@ def test_triton_and_neo4j_away_then_back_nothing_lost_nothing_duplicated(local_s
     ct = generate_ct(int(time.time()) % 100_000 + 600_000, n_nodules=2)
     write_series(ct, tmp_path / "ct")
     (tmp_path / "ct" / "ground_truth.json").unlink(missing_ok=True)
-    since = pipeline.end_offsets(local_stack, pipeline.FHIR_WRITEBACK.name)
-    since_findings = pipeline.end_offsets(local_stack, pipeline.FINDINGS.name)
+    since = end_offsets(local_stack, FHIR_WRITEBACK.name)
+    since_findings = end_offsets(local_stack, FINDINGS.name)
 
     faulty["triton"].cut()
     faulty["neo4j"].cut()
-    pipeline.storescu(tmp_path / "ct", DIMSE)  # the gateway needs neither: the sender is told Success
+    storescu(tmp_path / "ct", DIMSE)  # the gateway needs neither: the sender is told Success
     time.sleep(QUIET_S + 12)  # the series completes and waits in analysis
     procs = faulty["procs"]
     assert procs["imaging"].alive()
-    assert not pipeline.reports_for(local_stack, since, ct.patient_id)
+    assert not reports_for(local_stack, since, ct.patient_id)
 
     # The worker crashes while waiting; its replacement picks the uncommitted series up again.
     procs["imaging"].kill()
     procs["imaging"] = ServiceProcess("imaging", WORKER, faulty["logs"], faulty["worker_env"]).start()
     wait_for(procs["imaging"].alive, 60, what="restarted imaging worker /healthz")
     time.sleep(5)
-    assert not pipeline.reports_for(local_stack, since, ct.patient_id)
+    assert not reports_for(local_stack, since, ct.patient_id)
 
     faulty["triton"].restore()
     faulty["neo4j"].restore()
-    wait_for(lambda: pipeline.reports_for(local_stack, since, ct.patient_id), 180, what="report after recovery")
+    wait_for(lambda: reports_for(local_stack, since, ct.patient_id), 180, what="report after recovery")
     wait_for(procs["imaging"].ready, 60, what="imaging /readyz after recovery")
     time.sleep(QUIET_S + 5)  # anything duplicated would have arrived by now
-    [report] = pipeline.reports_for(local_stack, since, ct.patient_id)
-    findings = pipeline.findings_for(local_stack, since_findings, ct.patient_id)
+    [report] = reports_for(local_stack, since, ct.patient_id)
+    findings = findings_for(local_stack, since_findings, ct.patient_id)
     assert len(findings) == len(report["contained"])
     assert len({f.finding_id for f in findings}) == len(findings)
 
     def settled() -> dict[str, int]:
-        counts = pipeline.graph_counts(local_stack, ct.patient_id)
+        counts = graph_counts(local_stack, ct.patient_id)
         return counts if counts.get("instances") == 80 and counts.get("findings") == len(findings) else {}
 
     counts = wait_for(settled, 90, what="study, series, instances and findings in Neo4j")

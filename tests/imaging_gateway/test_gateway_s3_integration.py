@@ -22,7 +22,7 @@ from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES, FHIR_WRITEBACK
 from services.imaging.synthetic_ct import generate_ct, write_series
 from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
-from tests.imaging.test_pipeline_integration import reports_for, storescu
+from tests.imaging.helpers import reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import fresh_ct, stow
 from tests.s3server import S3Server
 
