@@ -295,7 +295,7 @@ def test_new_model_version_is_picked_up_without_restart(local_stack, services, s
             before = end_offsets(local_stack, CDS_SUGGESTIONS.name)
             note["entry"][-1]["resource"]["date"] = f"2026-03-{n:02d}T10:00:00Z"
             note["entry"][-1]["fullUrl"] = f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
-            note["entry"][-1]["resource"]["content"][0]["attachment"]["data"] = __import__("base64").b64encode(
+            note["entry"][-1]["resource"]["content"][0]["attachment"]["data"] = base64.b64encode(
                 f"Follow-up visit {n}. Reports headache and dizziness.".encode()).decode()  # fmt: skip
             assert post(note).status_code == 200
             wait_for(lambda: suggestions(local_stack, before, {patient}), 60, what="suggestion")
