@@ -39,6 +39,7 @@ SERVICES = {
     "cds-hooks": "services.cds.hooks",
     "imaging-gateway": "services.imaging_gateway.app",
     "imaging": "services.imaging.app",
+    "imaging-dispatcher": "services.imaging_dispatcher.app",
 }
 
 

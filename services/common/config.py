@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     # after it only the revision count is kept, and a later instance starts a revision of its own.
     imaging_state_retention_s: float = 6 * 3600.0
 
+    # Imaging dispatcher: where DICOM SEG/SR go after an analysis (services/imaging_dispatcher). Each entry is
+    # "name=url": dicom://CALLED_AE@host:port (DIMSE C-STORE) or http(s)://host/dicomweb (STOW-RS to <url>/studies).
+    # Each destination has its own consumer group, so one that is down does not hold up the others.
+    dispatch_destinations: list[str] = []
+    dispatch_stow_token: SecretStr | None = None  # bearer token for the STOW-RS destinations
+    dispatch_timeout_s: float = 30.0  # per association / request
+    dispatch_start: Literal["latest", "earliest"] = "latest"  # where a new destination's group starts
+
     # Decision support: weight of the model against the HPO phenotype match, cards per patient
     cds_alpha: float = 0.7
     cds_top: int = 3
