@@ -1,4 +1,5 @@
-"""The imaging blob store in the chart: S3 settings and credentials reach exactly the gateway and the worker."""
+"""The imaging blob store in the chart: S3 settings and credentials reach exactly the imaging gateway, the imaging
+worker and the imaging dispatcher."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.charts.tools import PRODUCTION, by_kind, component, render, render_error
+from tests.charts.tools import BLOB_SERVICES, DISPATCHER_ON, PRODUCTION, by_kind, component, render, render_error
 
 pytestmark = pytest.mark.unit
-BLOB_SERVICES = {"imaging-gateway", "imaging"}
 S3 = (
+    *DISPATCHER_ON,  # off by default
     "blobStore.type=s3",
     "blobStore.bucket=dicom",
     "blobStore.prefix=site-a",
@@ -44,7 +45,8 @@ def egress_ports(manifests: list[dict[str, Any]]) -> dict[str, set[Any]]:
 
 
 def test_default_is_the_local_store_without_object_storage() -> None:
-    manifests = render()
+    manifests = render(sets=DISPATCHER_ON)
+    assert BLOB_SERVICES <= set(config(manifests))
     for name, data in config(manifests).items():
         blob_keys = {k for k in data if k.startswith(("MEDSTREAM_S3_", "MEDSTREAM_BLOB_STORE"))}
         assert blob_keys == ({"MEDSTREAM_BLOB_STORE"} if name in BLOB_SERVICES else set()), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -13,9 +14,12 @@ import yaml
 from services.cli.main import SERVICES
 from services.common.topics import CATALOG
 from tests.charts.tools import (
+    BLOB_SERVICES,
     CHART,
     CONSUMES,
     DEPENDS,
+    DISABLED_BY_DEFAULT,
+    DISPATCHERS,
     EXAMPLES,
     GATEWAY_PORT_NAMES,
     GATEWAYS,
@@ -52,6 +56,26 @@ def manifests(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 def deployments(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {component(d): d for d in by_kind(manifests, "Deployment")}
+
+
+def settings_of(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each service's ConfigMap data (its non-secret MEDSTREAM_* settings)."""
+    return {
+        component(cm): cm["data"]
+        for cm in by_kind(manifests, "ConfigMap")
+        if "MEDSTREAM_HTTP_PORT" in cm.get("data", {})
+    }
+
+
+def destinations(manifests: list[dict[str, Any]], name: str) -> dict[str, str]:
+    """A dispatcher's destinations, name -> URL, as MEDSTREAM_DISPATCH_DESTINATIONS gives them to the service."""
+    entries = json.loads(settings_of(manifests)[name]["MEDSTREAM_DISPATCH_DESTINATIONS"])
+    return dict(entry.split("=", 1) for entry in entries)
+
+
+def destination_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or {"https": 443, "http": 80}[parts.scheme]
 
 
 def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -232,10 +256,13 @@ def test_no_credentials_rendered_or_in_values() -> None:
     for variant in VARIANTS:
         manifests = render_variant(variant)
         assert not by_kind(manifests, "Secret"), "the chart must only reference existing Secrets"
+        for name, data in settings_of(manifests).items():
+            leaked = [k for k in data if re.search(r"PASSWORD|SECRET_ACCESS_KEY|TOKEN", k)]
+            assert not leaked, f"{variant}/{name}: credentials {leaked} in a ConfigMap"
         for d in by_kind(manifests, "Deployment"):
             for c in pod_spec(d)["containers"]:
                 for e in c.get("env", []):
-                    if re.search(r"PASSWORD|SECRET|ACCESS_KEY", e["name"]):
+                    if re.search(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", e["name"]):
                         assert "secretKeyRef" in e.get("valueFrom", {}), f"{variant}: {e['name']} needs a Secret"
 
 
@@ -267,8 +294,13 @@ def test_network_policies_allow_only_the_architecture(manifests: list[dict[str, 
         assert ingress_ports == expected_in, f"{name}: Prometheus scrapes http; only a gateway takes more"
         dependencies = {{"triton": 8001, "neo4j": 7687}[d] for d in DEPENDS[name]}
         # the imaging services' blob store on S3 (tests/charts/test_blob_store.py checks when)
-        storage = {443, 9000} if name in ("imaging-gateway", "imaging") else set()
-        assert egress_ports - dependencies - storage <= ({53} if name in WITHOUT_KAFKA else {53, 9092, 9093}), name
+        storage = {443, 9000} if name in BLOB_SERVICES else set()
+        # a dispatcher's PACS and archives (tests/charts/test_imaging_dispatcher.py checks the rules)
+        sent_to = (
+            {destination_port(u) for u in destinations(manifests, name).values()} if name in DISPATCHERS else set()
+        )
+        allowed = ({53} if name in WITHOUT_KAFKA else {53, 9092, 9093}) | sent_to
+        assert egress_ports - dependencies - storage <= allowed, name
         assert 53 in egress_ports and dependencies <= egress_ports, name
         if 8001 in dependencies and triton_on:
             rule = next(r for r in spec["egress"] if r["ports"][0]["port"] == 8001)
@@ -307,10 +339,12 @@ def test_consumers_scale_on_their_group_lag() -> None:
     manifests = render_variant("default")
     scaled = {component(s): s["spec"] for s in by_kind(manifests, "ScaledObject")}
     names = {component(d): d["metadata"]["name"] for d in by_kind(manifests, "Deployment")}
-    assert set(scaled) == set(CONSUMES) | {"triton"}
+    assert set(scaled) == (set(CONSUMES) - DISABLED_BY_DEFAULT) | {"triton"}
     hpas = {component(h) for h in by_kind(manifests, "HorizontalPodAutoscaler")}
     assert hpas == set(GATEWAYS), "a service without a consumer group scales on CPU"
     for service, topic in CONSUMES.items():
+        if service in DISABLED_BY_DEFAULT:
+            continue  # the dispatcher's groups: tests/charts/test_imaging_dispatcher.py
         (trigger,) = scaled[service]["triggers"]
         assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == topic
         # faust's app id and graph-writer's group.id are both f"medstream-{SERVICE}"
@@ -383,7 +417,7 @@ def test_service_monitors_find_the_metrics_ports() -> None:
                 port_names = {p["name"] for p in svc["spec"]["ports"]}
                 assert all(e["port"] in port_names for e in sm["spec"]["endpoints"]), svc["metadata"]["name"]
                 covered.add(component(svc))
-    assert covered == set(SERVICES) | {"triton"}
+    assert covered == (set(SERVICES) - DISABLED_BY_DEFAULT) | {"triton"}
 
 
 def test_dashboard_is_valid_and_provisioned() -> None:

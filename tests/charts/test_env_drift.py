@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from services.common.config import Settings
-from tests.charts.tools import DEPENDS, VARIANTS, WITHOUT_KAFKA, by_kind, component, render_variant
+from services.imaging_dispatcher.destinations import parse_destinations
+from tests.charts.tools import BLOB_SERVICES, DEPENDS, VARIANTS, WITHOUT_KAFKA, by_kind, component, render_variant
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +22,8 @@ REQUIRED_BY_DEPENDENCY = {
     "triton": {"MEDSTREAM_TRITON_GRPC_URL"},
     "neo4j": {"MEDSTREAM_NEO4J_URI", "MEDSTREAM_NEO4J_USER", "MEDSTREAM_NEO4J_DATABASE"},
 }
+# Without these a service has nothing to read or nowhere to send.
+REQUIRED_BY_SERVICE = {"imaging-dispatcher": {"MEDSTREAM_DISPATCH_DESTINATIONS", "MEDSTREAM_DICOM_AE_TITLE"}}
 
 
 def service_env(manifests: list[dict[str, Any]]) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
@@ -56,6 +59,9 @@ def test_chart_sets_every_required_setting(rendered):
     variant, services = rendered
     for name, (env, _) in services.items():
         needed = REQUIRED_ALL.union(*(REQUIRED_BY_DEPENDENCY.get(d, set()) for d in DEPENDS[name]))
+        needed |= REQUIRED_BY_SERVICE.get(name, set())
+        if name in BLOB_SERVICES:
+            needed |= {"MEDSTREAM_BLOB_STORE"}
         if name in WITHOUT_KAFKA:
             kafka = sorted(k for k in env if k.startswith("MEDSTREAM_KAFKA_"))
             assert not kafka, f"{variant}/{name}: never touches Kafka, yet the chart sets {kafka}"
@@ -80,6 +86,13 @@ def test_values_parse_as_settings(rendered, monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(key, "secret-from-kubernetes" if value == "<from secret>" else value)
         settings = Settings()
         assert settings.http_host == "0.0.0.0", f"{variant}/{name}: must listen on the pod IP for probes"
+        # the dispatcher's own parser takes the destinations (names, URL shapes, AE titles)
+        parse_destinations(
+            settings.dispatch_destinations,
+            calling_ae=settings.dicom_ae_title,
+            timeout_s=settings.dispatch_timeout_s,
+            stow_token=None,
+        )
         mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
         for path in (
             settings.kafka_ssl_cafile,

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from services.common.topics import DICOM_INSTANCES, FHIR_EVENTS, GRAPH_MUTATIONS, VITALS_SNAPSHOTS, WEARABLE_SAMPLES
+from services.common.topics import (
+    DICOM_INSTANCES,
+    FHIR_EVENTS,
+    FHIR_WRITEBACK,
+    GRAPH_MUTATIONS,
+    VITALS_SNAPSHOTS,
+    WEARABLE_SAMPLES,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medstream"
@@ -31,6 +38,7 @@ CONSUMES = {
     "wearables": WEARABLE_SAMPLES.name,
     "decision-support": FHIR_EVENTS.name,
     "imaging": DICOM_INSTANCES.name,
+    "imaging-dispatcher": FHIR_WRITEBACK.name,
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -43,6 +51,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "cds-hooks": ("triton",),
     "imaging-gateway": (),
     "imaging": ("triton", "neo4j"),
+    "imaging-dispatcher": (),
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {
@@ -55,6 +64,18 @@ GATEWAYS: dict[str, int | None] = {
 GATEWAY_PORT_NAMES = {"imaging-gateway": "dimse"}
 # Services that never touch Kafka (no bootstrap servers, credentials or broker egress).
 WITHOUT_KAFKA = {"cds-hooks"}
+# Services that read or write the imaging blob store (blobStore: true): its settings, S3 credentials and egress.
+BLOB_SERVICES = {"imaging-gateway", "imaging", "imaging-dispatcher"}
+# Off in values.yaml (useless without configuration); the variants below turn them on.
+DISABLED_BY_DEFAULT = {"imaging-dispatcher"}
+# Services with one consumer group per destination, <consumerGroup>-<destination name>, instead of one group.
+DISPATCHERS = {"imaging-dispatcher"}
+# The imaging dispatcher switched on with one C-STORE destination (--set values).
+DISPATCHER_ON = (
+    "services.imaging-dispatcher.enabled=true",
+    "services.imaging-dispatcher.dispatch.destinations[0].name=pacs",
+    "services.imaging-dispatcher.dispatch.destinations[0].url=dicom://PACS@pacs.hospital.example:104",
+)
 
 
 def find_tool(name: str) -> str:
@@ -133,6 +154,11 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "objectStorage.port=9000",
             "triton.gpu.count=0",
             "kafka.sasl.usernameKey=user",
+            # the dispatcher with a STOW-RS archive and a token, egress derived from the URLs' ports
+            *DISPATCHER_ON,
+            "services.imaging-dispatcher.dispatch.destinations[1].name=archive",
+            "services.imaging-dispatcher.dispatch.destinations[1].url=https://archive.example/dicomweb",
+            "services.imaging-dispatcher.dispatch.stowToken.existingSecret=medstream-dicomweb-archive",
         ),
     ),
     "plaintext-external-triton": (
@@ -147,6 +173,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "monitoring.serviceMonitor.enabled=false",
             "monitoring.prometheusRule.enabled=false",
             "monitoring.grafanaDashboard.enabled=false",
+            *DISPATCHER_ON,
         ),
     ),
     "volume-mtls-keda": (
@@ -156,6 +183,10 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "triton.modelRepository.existingClaim=models",
             "kafka.securityProtocol=SSL",
             "kafka.tls.clientSecret=medstream-kafka-client",
+            *DISPATCHER_ON,
+            "services.imaging-dispatcher.dispatch.start=earliest",
+            "services.imaging-dispatcher.dispatch.egress[0].ports={104}",
+            "services.imaging-dispatcher.dispatch.egress[0].to[0].ipBlock.cidr=10.30.0.10/32",
         ),
     ),
 }

@@ -148,9 +148,19 @@ MEDSTREAM_S3_ENDPOINT_URL: {{ . | quote }}
 {{- range $i, $f := .s.files }}
 {{ $f.env }}: {{ printf "/etc/medstream/files/%d/%s" $i $f.key | quote }}
 {{- end }}
+{{- if .s.dispatch }}
+MEDSTREAM_DISPATCH_DESTINATIONS: {{ include "medstream.dispatchDestinations" . | quote }}
+{{- if not (has .s.dispatch.start (list "latest" "earliest")) }}
+{{- fail (printf "services.%s.dispatch.start %q is not one of latest, earliest" .name .s.dispatch.start) }}
+{{- end }}
+MEDSTREAM_DISPATCH_START: {{ .s.dispatch.start | quote }}
+{{- end }}
 {{- range $key, $value := .s.env }}
 {{- if not (hasPrefix "MEDSTREAM_" $key) }}
 {{- fail (printf "services env %q: only MEDSTREAM_* settings are read by the services" $key) }}
+{{- end }}
+{{- if regexMatch "(PASSWORD|SECRET_ACCESS_KEY|TOKEN)$" $key }}
+{{- fail (printf "services env %q is a credential: the chart takes it from an existing Secret, never a ConfigMap (values.yaml names the Secret)" $key) }}
 {{- end }}
 {{ $key }}: {{ $value | quote }}
 {{- end }}
@@ -184,6 +194,69 @@ MEDSTREAM_S3_ENDPOINT_URL: {{ . | quote }}
   valueFrom:
     secretKeyRef: {name: {{ $v.neo4j.existingSecret | quote }}, key: {{ $v.neo4j.passwordKey | quote }}}
 {{- end }}
+{{- with .s.dispatch }}
+{{- with .stowToken }}
+{{- if .existingSecret }}
+- name: MEDSTREAM_DISPATCH_STOW_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ .existingSecret | quote }}, key: {{ required "dispatch.stowToken.key is required with an existingSecret" .key | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+An imaging dispatcher's destinations (services.<name>.dispatch.destinations) as the JSON list of "name=url" that
+MEDSTREAM_DISPATCH_DESTINATIONS takes; refuses bad names, duplicates, unknown schemes and an empty list.
+Call with (dict "root" $ "name" "imaging-dispatcher" "s" <merged service values>).
+*/}}
+{{- define "medstream.dispatchDestinations" -}}
+{{- $svc := .name }}
+{{- $entries := list }}
+{{- $names := list }}
+{{- range $i, $d := .s.dispatch.destinations }}
+{{- $name := toString ($d.name | default "") }}
+{{- if not (regexMatch "^[a-z0-9][a-z0-9-]{0,39}$" $name) }}
+{{- fail (printf "services.%s.dispatch.destinations[%d].name %q: use up to 40 lower-case letters, digits and '-', starting with a letter or digit (it names the consumer group)" $svc $i $name) }}
+{{- end }}
+{{- if has $name $names }}
+{{- fail (printf "services.%s.dispatch.destinations: the name %q is used twice" $svc $name) }}
+{{- end }}
+{{- $names = append $names $name }}
+{{- $url := toString ($d.url | default "") }}
+{{- if not (or (regexMatch "^dicom://[^@/:]{1,16}@[^/]+:[0-9]+$" $url) (regexMatch "^https?://[^/]+" $url)) }}
+{{- fail (printf "services.%s.dispatch.destinations[%d].url %q is neither dicom://CALLED_AE@host:port (an AE title of at most 16 characters) nor http(s)://host[:port]/path" $svc $i $url) }}
+{{- end }}
+{{- $entries = append $entries (printf "%s=%s" $name $url) }}
+{{- end }}
+{{- if not $entries }}
+{{- fail (printf "services.%s.dispatch.destinations: at least one destination is required when the service is enabled" $svc) }}
+{{- end }}
+{{- toJson $entries }}
+{{- end }}
+
+{{/* The TCP port a destination URL reaches: its explicit port, else 443 for https and 80 for http. */}}
+{{- define "medstream.destinationPort" -}}
+{{- $u := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $u.scheme "https" }}443{{ else if eq $u.scheme "http" }}80{{ end }}
+{{- end }}
+
+{{/*
+A service's consumer groups: <consumerGroup>-<destination name> for each destination of a dispatcher, else its
+consumerGroup alone (none without one), as a JSON list. Call with (dict "s" <merged service values>).
+*/}}
+{{- define "medstream.consumerGroups" -}}
+{{- $s := .s }}
+{{- $groups := list }}
+{{- if and $s.consumerGroup $s.dispatch }}
+{{- range $s.dispatch.destinations }}
+{{- $groups = append $groups (printf "%s-%s" $s.consumerGroup .name) }}
+{{- end }}
+{{- else if $s.consumerGroup }}
+{{- $groups = list $s.consumerGroup }}
+{{- end }}
+{{- toJson $groups }}
 {{- end }}
 
 {{/* True when a service mounts Kafka TLS material. */}}
