@@ -14,10 +14,7 @@ Starts its own gateway, imaging worker and graph writer against the running loca
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from medstream.events.v1 import alert_pb2, dicom_pb2, fhir_pb2
 
 from benchmarks.wearables import row, stack_up, start, stop
+from services.cli.dcmtk import dcmtk
 from services.common.config import Settings
 from services.common.topic_reader import end_offsets
 from services.common.topics import ALERTS, DICOM_SERIES, FHIR_WRITEBACK
@@ -37,14 +35,6 @@ from services.imaging.stroke import lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, generate_followup, write_series
 
 HTTP, DIMSE, WORKER, WRITER, STORESCP = 18150, 18151, 18152, 18153, 18154
-
-
-def dcmtk(tool: str) -> str:
-    """dcmtk's tool, not pynetdicom's same-named app in the venv's bin directory (which `make` puts first)."""
-    venv_bin = Path(sys.executable).parent.resolve()
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
-    path = os.pathsep.join(dirs)
-    return shutil.which(tool, path=path) or tool
 
 
 def ms(values: list[float]) -> str:

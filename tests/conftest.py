@@ -7,7 +7,6 @@ they started. A failing integration test shows the tail of every component's log
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -138,16 +137,6 @@ class ServiceProcess:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
-
-
-def dcmtk(tool: str) -> str:
-    """Path of a dcmtk command line tool (storescu, echoscu, storescp). pynetdicom installs Python apps with the
-    same names into the venv's bin directory, which `make` puts first on PATH: skip that directory."""
-    venv_bin = Path(sys.executable).parent.resolve()
-    path = os.pathsep.join(
-        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin
-    )
-    return shutil.which(tool, path=path) or tool
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from medstream.events.v1 import alert_pb2, deadletter_pb2, finding_pb2
+from medstream.events.v1 import alert_pb2, deadletter_pb2, fhir_pb2, finding_pb2
 from rich.console import Console
 
 from services.cli.replay import SAMPLE_VITALS, parse_vitals
@@ -25,21 +25,34 @@ from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, DEAD_LETTERS, FINDINGS, VITALS_SNAPSHOTS
 from services.deterioration.assess import validate
 
-SERVICE_PORTS = {"deterioration": 8081, "graph-writer": 8082, "fhir-gateway": 8083, "decision-support": 8084}
+SERVICE_PORTS = {
+    "deterioration": 8081,
+    "graph-writer": 8082,
+    "fhir-gateway": 8083,
+    "decision-support": 8084,
+    "imaging-gateway": 8085,
+    "imaging": 8086,
+    "imaging-dispatcher": 8087,
+}
+DEMO_PACS_PORT = 11113  # dcmtk's storescp standing in for the hospital PACS; the gateway's DIMSE port is 11112
 FHIR_AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": "application/fhir+json"}
 
 
-def start_services(settings: Settings, names: Iterable[str] = SERVICE_PORTS) -> dict[str, subprocess.Popen[bytes]]:
+def start_services(
+    settings: Settings, names: Iterable[str] = SERVICE_PORTS, env: dict[str, dict[str, str]] | None = None
+) -> dict[str, subprocess.Popen[bytes]]:
+    """`medstream run NAME` for each name on its demo port, with `env[NAME]` added to its environment."""
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
     for name in names:
         port = SERVICE_PORTS[name]
-        env = {**os.environ, "MEDSTREAM_HTTP_PORT": str(port), "MEDSTREAM_STATE_DIR": str(settings.state_dir)}
+        extra = (env or {}).get(name, {})
+        env_ = {**os.environ, "MEDSTREAM_HTTP_PORT": str(port), "MEDSTREAM_STATE_DIR": str(settings.state_dir), **extra}
         with open(logs / f"{name}.log", "ab") as log:
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", "run", name],
-                env=env,
+                env=env_,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -180,3 +193,77 @@ def run_cds_demo(settings: Settings, console: Console, timeout_s: float) -> dict
             "phenotypes_found": len(body["inputs"]["phenotypes"]),
         }
     return {"ok": len(found) == len(patients), "cases": len(patients), "suggestions": suggestions}
+
+
+def run_imaging_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str, Any]:
+    """A synthetic chest CT (80 DICOM files, two nodules of known size) sent by dcmtk's storescu to the imaging
+    gateway -> series assembled -> lung-nodule model on Triton -> findings, DiagnosticReport, SEG/SR/key image
+    and graph -> the SEG and SR sent on to a PACS (dcmtk's storescp) by the dispatcher."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import pydicom
+
+    from services.cli.dcmtk import dcmtk
+    from services.common.topics import FHIR_WRITEBACK
+    from services.imaging.synthetic_ct import generate_ct, write_series
+    from services.imaging_dispatcher.destinations import DimseDestination
+
+    ct = generate_ct(int(time.time()) % 100_000 + 500_000, n_nodules=2)  # a fresh patient each run
+    before = {t: end_offsets(settings, t) for t in (FINDINGS.name, FHIR_WRITEBACK.name)}
+    env = {
+        "imaging-gateway": {"MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true"},  # the files carry their count
+        "imaging-dispatcher": {
+            "MEDSTREAM_DISPATCH_DESTINATIONS": json.dumps([f"demo-pacs=dicom://DEMOPACS@127.0.0.1:{DEMO_PACS_PORT}"])
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="medstream-demo-") as tmp:
+        series, pacs_dir = Path(tmp) / "ct", Path(tmp) / "pacs"
+        pacs_dir.mkdir()
+        write_series(ct, series)
+        (series / "ground_truth.json").unlink(missing_ok=True)
+        pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "DEMOPACS", "-od", str(pacs_dir), str(DEMO_PACS_PORT)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        procs = start_services(settings, ["imaging-gateway", "imaging", "graph-writer", "imaging-dispatcher"], env)
+        report: dict[str, Any] = {}
+        received: list[str] = []
+        try:
+            wait_ready(procs, settings, timeout_s)
+            if not DimseDestination("pacs", "127.0.0.1", DEMO_PACS_PORT, "DEMOPACS", "DEMO", 5.0).echo():
+                raise RuntimeError(f"the demo PACS (storescp) is not answering on port {DEMO_PACS_PORT}")
+            console.print(f"sending a synthetic chest CT ({len(list(series.iterdir()))} files, "
+                          f"{len(ct.nodules)} nodules) with storescu to the imaging gateway")  # fmt: skip
+            subprocess.run([dcmtk("storescu"), "-aec", settings.dicom_ae_title, "-aet", "DEMO", "+sd", "-nh",
+                            "127.0.0.1", str(settings.dicom_dimse_port), str(series)],
+                           check=True, capture_output=True, timeout=120)  # fmt: skip
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and not (report and len(received) >= len(dicom_forms(report))):
+                events = read_messages(settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent,
+                                       before[FHIR_WRITEBACK.name])  # fmt: skip
+                subject = f"Patient/{ct.patient_id}"
+                reports = [json.loads(e.resource_json) for e in events
+                           if e.resource_type == "DiagnosticReport" and e.patient_reference == subject]  # fmt: skip
+                report = reports[-1] if reports else {}
+                received = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in pacs_dir.iterdir())
+                time.sleep(1.0)
+            findings = [f for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
+                        if f.patient_id == ct.patient_id]  # fmt: skip
+        finally:
+            stop_services(procs)
+            pacs.terminate()
+            pacs.wait(10)
+    return {
+        # SR always; SEG when there is a lesion to segment
+        "ok": bool(report) and len(findings) == len(report["contained"]) and len(received) == len(dicom_forms(report)),
+        "patient": ct.patient_id,
+        "true_nodules_mm": [round(n.diameter_mm, 1) for n in ct.nodules],
+        "findings": [f.summary for f in findings],
+        "report_conclusion": report.get("conclusion"),
+        "evidence": [f"{p['title']}: {p['url']}" for p in report.get("presentedForm", [])],
+        "received_by_demo_pacs": received,
+    }
+
+
+def dicom_forms(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in report.get("presentedForm", []) if f.get("contentType") == "application/dicom"]

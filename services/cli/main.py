@@ -252,8 +252,9 @@ def replay(
 
 @app.command("demo")
 def demo(timeout_s: float = 180.0) -> None:
-    """Stack up, start the services, replay the sample vitals and post the five carebundle cases; show what came
-    out (findings, alerts, dead letters; explained decision-support suggestions)."""
+    """Stack up, start the services, replay the sample vitals, post the five carebundle cases and send a synthetic
+    chest CT; show what came out (findings, alerts, dead letters; explained decision-support suggestions; nodule
+    findings, report and the SEG/SR a demo PACS received)."""
     from services.cli import demo as demo_mod
 
     stack_up(None)
@@ -262,7 +263,9 @@ def demo(timeout_s: float = 180.0) -> None:
     console.print_json(json.dumps(summary))
     cds = demo_mod.run_cds_demo(get_settings(), console, timeout_s)
     console.print_json(json.dumps(cds))
-    summary["ok"] = summary["ok"] and cds["ok"]
+    imaging = demo_mod.run_imaging_demo(get_settings(), console, timeout_s)
+    console.print_json(json.dumps(imaging))
+    summary["ok"] = summary["ok"] and cds["ok"] and imaging["ok"]
     console.print(
         "services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
         " (or make stack-down)"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from medstream.events.v1 import fhir_pb2, finding_pb2
 
+from services.cli.dcmtk import dcmtk
 from services.common.graph import Graph
 from services.common.topic_reader import read_messages
 from services.common.topics import FHIR_WRITEBACK, FINDINGS
-from tests.conftest import dcmtk
 
 
 def storescu(folder: Path, port: int) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from services.cli.dcmtk import dcmtk
 from services.common.topic_reader import end_offsets
 from services.common.topics import FHIR_WRITEBACK, FINDINGS
 from services.imaging.synthetic_ct import generate_ct, write_series
-from tests.conftest import ServiceProcess, dcmtk, running, wait_for
+from tests.conftest import ServiceProcess, running, wait_for
 from tests.faults import TcpProxy
 from tests.imaging.helpers import findings_for, graph_counts, reports_for, storescu
 

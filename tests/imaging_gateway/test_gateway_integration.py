@@ -24,10 +24,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import generate_uid
 
+from services.cli.dcmtk import dcmtk
 from services.common.blobs import LocalBlobStore
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES
-from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
+from tests.conftest import ServiceProcess, unique, wait_for
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,11 +17,12 @@ import pytest
 from medstream.events.v1 import dicom_pb2
 from pydicom import dcmread
 
+from services.cli.dcmtk import dcmtk
 from services.common.blobs import blob_store, read_blob
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES, FHIR_WRITEBACK
 from services.imaging.synthetic_ct import generate_ct, write_series
-from tests.conftest import ServiceProcess, dcmtk, unique, wait_for
+from tests.conftest import ServiceProcess, unique, wait_for
 from tests.imaging.helpers import reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import fresh_ct, stow
 from tests.s3server import S3Server
