@@ -245,7 +245,9 @@ def run_imaging_demo(settings: Settings, console: Console, timeout_s: float) -> 
                 reports = [json.loads(e.resource_json) for e in events
                            if e.resource_type == "DiagnosticReport" and e.patient_reference == subject]  # fmt: skip
                 report = reports[-1] if reports else {}
-                received = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in pacs_dir.iterdir())
+                # The demo PACS keeps its consumer group between runs: it also gets what other runs reported since.
+                objects = [pydicom.dcmread(f, stop_before_pixels=True) for f in pacs_dir.iterdir()]
+                received = sorted(o.Modality for o in objects if o.PatientID == ct.patient_id)
                 time.sleep(1.0)
             findings = [f for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
                         if f.patient_id == ct.patient_id]  # fmt: skip
