@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging eval-wearables eval-cds eval-imaging kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch eval-wearables eval-cds eval-imaging kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -65,6 +65,9 @@ eval-imaging: setup  ## train/evaluate the imaging models on held-out synthetic 
 
 bench-imaging: setup  ## C-STORE vs dcmtk storescp, series-complete -> finding p50/p99, Triton with/without batching
 	$(PY) -m benchmarks.imaging
+
+bench-dispatch: setup  ## imaging dispatcher: report -> SEG/SR in a PACS p50/p99, burst objects/s vs dcmtk storescu
+	$(PY) -m benchmarks.dispatch
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
 	$(PY) -m services.wearables.glycaemia.training

@@ -139,7 +139,7 @@ class Dispatcher:
         consumer.subscribe([FHIR_WRITEBACK.name], on_assign=self.on_assign)
         try:
             while True:
-                messages = await asyncio.to_thread(consumer.consume, BATCH_MAX, POLL_TIMEOUT_S)
+                messages = await asyncio.to_thread(next_batch, consumer)
                 if self.starts:
                     starts, self.starts = self.starts, []
                     await asyncio.to_thread(consumer.commit, offsets=starts, asynchronous=False)
@@ -158,6 +158,15 @@ class Dispatcher:
                     )
         finally:
             consumer.close()
+
+
+def next_batch(consumer: Consumer) -> list:  # type: ignore[type-arg]
+    """What is there, up to BATCH_MAX, as soon as one record is: `consume(n, timeout)` alone waits for n records or
+    the whole timeout, which would add up to POLL_TIMEOUT_S to every report's way to the PACS."""
+    first = consumer.poll(POLL_TIMEOUT_S)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH_MAX - 1, 0)]
 
 
 def dispatchers(settings: Settings, dead_letters: DeadLetters) -> list[Dispatcher]:

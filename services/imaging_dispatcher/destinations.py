@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ class DimseDestination:
             raise (Unreachable if result == _REJECTED_TRANSIENT else Refused)(reason)
         if not assoc.is_established:
             raise Unreachable("no association (connection refused, aborted or timed out)")
+        _no_delay(assoc)
         try:
             for ds in datasets:
                 try:
@@ -161,6 +163,15 @@ class DimseDestination:
             return bool(status) and int(status.Status) == 0
         finally:
             assoc.release()
+
+
+def _no_delay(assoc: Any) -> None:
+    """Send each PDU at once. pynetdicom writes a C-STORE as several PDUs and waits for the response; with Nagle's
+    algorithm on, a PDU waits for the peer's delayed ACK (40 ms on Linux), measured at ~45 ms per object against
+    storescp (`make bench-dispatch`)."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def multipart_related(objects: Sequence[bytes], boundary: str | None = None) -> tuple[str, bytes]:
