@@ -177,7 +177,7 @@ def test_every_service_is_in_the_chart() -> None:
         kafka = set() if name in WITHOUT_KAFKA else {"kafka"}
         assert set(svc["uses"]) == kafka | set(DEPENDS[name]), name
         assert svc["consumerGroup"] == (f"medstream-{name}" if name in CONSUMES else ""), name
-        assert svc["topics"] == ([CONSUMES[name]] if name in CONSUMES else []), name
+        assert svc["topics"] == list(CONSUMES.get(name, ())), name
 
 
 def test_workloads_are_locked_down(manifests: list[dict[str, Any]]) -> None:
@@ -342,20 +342,22 @@ def test_consumers_scale_on_their_group_lag() -> None:
     assert set(scaled) == (set(CONSUMES) - DISABLED_BY_DEFAULT) | {"triton"}
     hpas = {component(h) for h in by_kind(manifests, "HorizontalPodAutoscaler")}
     assert hpas == set(GATEWAYS), "a service without a consumer group scales on CPU"
-    for service, topic in CONSUMES.items():
+    for service, topics in CONSUMES.items():
         if service in DISABLED_BY_DEFAULT:
             continue  # the dispatcher's groups: tests/charts/test_imaging_dispatcher.py
-        (trigger,) = scaled[service]["triggers"]
-        assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == topic
-        # faust's app id and graph-writer's group.id are both f"medstream-{SERVICE}"
-        assert trigger["metadata"]["consumerGroup"] == f"medstream-{service}"
+        triggers = scaled[service]["triggers"]
+        assert [t["metadata"]["topic"] for t in triggers] == list(topics)  # a trigger per topic the group reads
+        for trigger in triggers:
+            assert trigger["type"] == "kafka"
+            # faust's app id and graph-writer's group.id are both f"medstream-{SERVICE}"
+            assert trigger["metadata"]["consumerGroup"] == f"medstream-{service}"
+            auth = next(
+                a
+                for a in by_kind(manifests, "TriggerAuthentication")
+                if a["metadata"]["name"] == trigger["authenticationRef"]["name"]
+            )
+            assert {p["parameter"] for p in auth["spec"]["secretTargetRef"]} == {"password", "ca"}
         assert scaled[service]["scaleTargetRef"]["name"] == names[service]
-        auth = next(
-            a
-            for a in by_kind(manifests, "TriggerAuthentication")
-            if a["metadata"]["name"] == trigger["authenticationRef"]["name"]
-        )
-        assert {p["parameter"] for p in auth["spec"]["secretTargetRef"]} == {"password", "ca"}
     triton = scaled["triton"]["triggers"][0]
     assert triton["type"] == "prometheus" and "nv_inference_queue_duration_us" in triton["metadata"]["query"]
     for d in by_kind(manifests, "Deployment"):

@@ -15,6 +15,7 @@ import yaml
 
 from services.common.topics import (
     DICOM_INSTANCES,
+    DICOM_SERIES,
     FHIR_EVENTS,
     FHIR_WRITEBACK,
     GRAPH_MUTATIONS,
@@ -31,14 +32,14 @@ INSTALL_HINT = "run scripts/install-chart-tools.sh (make chart-test does)"
 KUBE_VERSION = "1.27.0"
 RELEASE, NAMESPACE = "medstream", "medstream"
 
-# Where each service reads from: the consumer group (faust app id / group.id) and topic KEDA watches.
-CONSUMES = {
-    "deterioration": VITALS_SNAPSHOTS.name,
-    "graph-writer": GRAPH_MUTATIONS.name,
-    "wearables": WEARABLE_SAMPLES.name,
-    "decision-support": FHIR_EVENTS.name,
-    "imaging": DICOM_INSTANCES.name,
-    "imaging-dispatcher": FHIR_WRITEBACK.name,
+# Where each service reads from: the consumer group (faust app id / group.id) and the topics KEDA watches.
+CONSUMES: dict[str, tuple[str, ...]] = {
+    "deterioration": (VITALS_SNAPSHOTS.name,),
+    "graph-writer": (GRAPH_MUTATIONS.name,),
+    "wearables": (WEARABLE_SAMPLES.name,),
+    "decision-support": (FHIR_EVENTS.name,),
+    "imaging": (DICOM_INSTANCES.name, DICOM_SERIES.name),  # assembly, then analysis of its own completed series
+    "imaging-dispatcher": (FHIR_WRITEBACK.name,),
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS: dict[str, tuple[str, ...]] = {
