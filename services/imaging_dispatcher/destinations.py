@@ -167,8 +167,8 @@ class DimseDestination:
 
 def _no_delay(assoc: Any) -> None:
     """Send each PDU at once. pynetdicom writes a C-STORE as several PDUs and waits for the response; with Nagle's
-    algorithm on, a PDU waits for the peer's delayed ACK (40 ms on Linux), measured at ~45 ms per object against
-    storescp (`make bench-dispatch`)."""
+    algorithm on, a PDU can wait for the peer's delayed ACK (up to 40 ms on Linux) on every object. `make
+    bench-dispatch` shows what is left when the PACS keeps Nagle on (dcmtk's default) and when it does not."""
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
