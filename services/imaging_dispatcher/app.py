@@ -16,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from medstream.events.v1 import fhir_pb2
 from prometheus_client import Counter
 
 from services.common.blobs import BlobStoreUnavailable, read_blob
 from services.common.config import Settings, get_settings
-from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord, confluent_sender
-from services.common.kafka import EventProducer
+from services.common.consumer_loop import consume, dead_letter_producer, subscribed
+from services.common.deadletter import PROCESSING_ERROR, VALIDATION_ERROR, DeadLetters, SourceRecord
 from services.common.service import retry_until_done, run_until_signalled
-from services.common.telemetry import CONSUMED, PROCESSING_SECONDS, configure_logging, start_health_server
+from services.common.telemetry import CONSUMED, configure_logging, health_app, http_server
 from services.common.topics import FHIR_WRITEBACK
 from services.imaging_dispatcher.destinations import DICOM, Destination, Refused, Unreachable, parse_destinations
 
@@ -64,19 +63,6 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.ready = False  # partitions assigned and their start known
         self.starts: list[TopicPartition] = []  # start offsets of a new group, committed by the loop
-
-    def consumer(self) -> Consumer:
-        return Consumer(
-            {
-                **self.settings.kafka_client_config(),
-                "group.id": f"medstream-{SERVICE}-{self.destination.name}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": self.settings.dispatch_start,
-                "session.timeout.ms": self.settings.kafka_session_timeout_ms,
-                "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
-                "isolation.level": "read_committed",
-            }
-        )
 
     async def refuse(self, record: SourceRecord, reason: int, why: str) -> None:
         REPORTS.labels(SERVICE, self.destination.name, "refused").inc()
@@ -122,6 +108,11 @@ class Dispatcher:
         extra = {"destination": self.destination.name, "objects": len(objects), "report": event.resource_id}
         log.info("evidence dispatched", extra=extra)
 
+    async def handle_each(self, records: list[SourceRecord]) -> None:
+        """One at a time, in order: a record waits for its destination before the next one is tried."""
+        for record in records:
+            await self.handle(record)
+
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Pin where a new group starts (`dispatch_start`) and remember it to commit: a group that has committed
         nothing would otherwise resolve 'latest' again after a restart and skip what arrived while it was down."""
@@ -134,33 +125,29 @@ class Dispatcher:
         consumer.assign(committed)
         self.ready = True
 
+    def poll(self, consumer: Consumer) -> list[Message]:
+        """`next_batch`, then commit the starts that `on_assign` pinned while it polled."""
+        messages = next_batch(consumer)
+        if self.starts:
+            starts, self.starts = self.starts, []
+            consumer.commit(offsets=starts, asynchronous=False)
+        return messages
+
     async def run(self) -> None:
-        consumer = self.consumer()
-        consumer.subscribe([FHIR_WRITEBACK.name], on_assign=self.on_assign)
-        try:
-            while True:
-                messages = await asyncio.to_thread(next_batch, consumer)
-                if self.starts:
-                    starts, self.starts = self.starts, []
-                    await asyncio.to_thread(consumer.commit, offsets=starts, asynchronous=False)
-                for m in messages:
-                    if m.error():
-                        log.warning("consumer error", extra={"error": str(m.error())})
-                messages = [m for m in messages if not m.error()]
-                started = time.perf_counter()
-                for m in messages:
-                    await self.handle(SourceRecord.from_confluent(m))
-                if messages:
-                    # Every record was delivered or dead-lettered (acked): now the offsets may move.
-                    await asyncio.to_thread(consumer.commit, asynchronous=False)
-                    PROCESSING_SECONDS.labels(SERVICE, FHIR_WRITEBACK.name).observe(
-                        (time.perf_counter() - started) / len(messages)
-                    )
-        finally:
-            consumer.close()
+        group = f"medstream-{SERVICE}-{self.destination.name}"
+        config = {"auto.offset.reset": self.settings.dispatch_start, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS}
+        topics = [FHIR_WRITEBACK.name]
+        with subscribed(self.settings, group, topics, config=config, on_assign=self.on_assign) as consumer:
+            await consume(
+                lambda: self.poll(consumer),
+                self.handle_each,
+                lambda: consumer.commit(asynchronous=False),
+                service=SERVICE,
+                topic=FHIR_WRITEBACK.name,
+            )
 
 
-def next_batch(consumer: Consumer) -> list:  # type: ignore[type-arg]
+def next_batch(consumer: Consumer) -> list[Message]:
     """What is there, up to BATCH_MAX, as soon as one record is: `consume(n, timeout)` alone waits for n records or
     the whole timeout, which would add up to POLL_TIMEOUT_S to every report's way to the PACS."""
     first = consumer.poll(POLL_TIMEOUT_S)
@@ -181,29 +168,27 @@ def dispatchers(settings: Settings, dead_letters: DeadLetters) -> list[Dispatche
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    producer = EventProducer(settings, SERVICE)
-    loops: Sequence[Dispatcher] = dispatchers(settings, DeadLetters(SERVICE, confluent_sender(producer)))
-    if not loops:
-        log.warning("no dispatch destinations configured (MEDSTREAM_DISPATCH_DESTINATIONS); nothing will be sent")
-    for d in loops:
-        log.info("dispatching", extra={"destination": d.destination.name, "to": d.destination.describe()})
+    with dead_letter_producer(settings, SERVICE) as dead_letters:
+        loops: Sequence[Dispatcher] = dispatchers(settings, dead_letters)
+        if not loops:
+            log.warning("no dispatch destinations configured (MEDSTREAM_DISPATCH_DESTINATIONS); nothing will be sent")
+        for d in loops:
+            log.info("dispatching", extra={"destination": d.destination.name, "to": d.destination.describe()})
 
-    async def ready() -> bool:
-        return all(d.ready for d in loops)
+        async def ready() -> bool:
+            return all(d.ready for d in loops)
 
-    health = await start_health_server(settings.http_host, settings.http_port, {"kafka": ready})
-    tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.destination.name}") for d in loops]
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        for task in done - {stopped}:
-            task.result()  # a loop that ended on its own raised: let the process fail and be restarted
-    finally:
-        for task in tasks:
-            task.cancel()  # a loop waiting for its destination stops here; its records stay uncommitted
-        await asyncio.gather(*tasks, return_exceptions=True)
-        producer.close()
-        await health.cleanup()
+        async with http_server(health_app({"kafka": ready}), settings.http_host, settings.http_port):
+            tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.destination.name}") for d in loops]
+            stopped = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopped}:
+                    task.result()  # a loop that ended on its own raised: let the process fail and be restarted
+            finally:
+                for task in tasks:
+                    task.cancel()  # a loop waiting for its destination stops here; its records stay uncommitted
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main() -> None:
