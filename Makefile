@@ -22,9 +22,11 @@ test-unit: setup
 test-integration: setup models
 	$(PY) -m pytest -q -m integration
 
-lint: setup
-	$(VENV)/bin/ruff check services tests model_repository
-	$(VENV)/bin/mypy services
+lint: setup  ## ruff (lint + format), mypy, and the import contracts (serving never imports training/benchmarks)
+	$(VENV)/bin/ruff check services training tests model_repository
+	$(VENV)/bin/ruff format --check services training tests model_repository
+	$(VENV)/bin/mypy services training
+	$(VENV)/bin/lint-imports --no-cache
 
 chart-test: setup  ## helm lint/template, offline schema validation, chart<->code drift, Dockerfile rules
 	$(PY) -m pytest -q tests/charts
@@ -54,14 +56,15 @@ bench-cds: setup  ## FHIR accepted -> suggestion p50/p99, CDS Hooks p50/p99, cas
 	$(PY) -m benchmarks.cds
 
 eval-cds: setup  ## train/evaluate the decision-support model: plain vs SMOTE vs focal loss, fp32 vs int8
-	$(PY) -m services.cds.model.training
+	$(PY) -m training.cds.training
 
 kg-load: setup  ## load HPO, ICD-10-CM and drug names into the local Neo4j
 	@medstream kg load
 
 eval-imaging: setup  ## train/evaluate the imaging models on held-out synthetic cases (sensitivity, FP/scan, size error)
-	$(PY) -m services.imaging.lung
-	$(PY) -m services.imaging.stroke
+	$(PY) -m training.imaging.lung
+	$(PY) -m training.imaging.change_eval
+	$(PY) -m training.imaging.stroke
 
 bench-imaging: setup  ## C-STORE vs dcmtk storescp, series-complete -> finding p50/p99, Triton with/without batching
 	$(PY) -m benchmarks.imaging
@@ -70,7 +73,7 @@ bench-dispatch: setup  ## imaging dispatcher: report -> SEG/SR in a PACS p50/p99
 	$(PY) -m benchmarks.dispatch
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
-	$(PY) -m services.wearables.glycaemia.training
+	$(PY) -m training.glycaemia.training
 
 clean:
 	rm -rf gen build devstack/neo4j/target

@@ -22,15 +22,15 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.wearables import row, stack_up, start, stop
+from services.cds.embedding import embed
 from services.cds.engine import Engine
-from services.cds.model.embedding import embed
-from services.cds.samples import PROFILES, case_bundle, patient_id
 from services.cds.state import PatientState, apply
 from services.common.config import Settings
 from services.common.topic_reader import end_offsets
 from services.common.topics import CDS_SUGGESTIONS
 from services.common.triton import TritonClient
 from services.fhir_gateway.validation import check_body, resolve_references
+from training.cds.samples import PROFILES, case_bundle, patient_id
 
 GATEWAY, WORKER, HOOKS = 18183, 18184, 18185
 FHIR_AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": "application/fhir+json"}
@@ -51,8 +51,9 @@ class SuggestionWatcher:
 
     def __init__(self, settings: Settings) -> None:
         self.published: dict[str, float] = {}
-        self._consumer = Consumer({**settings.kafka_client_config(), "group.id": "medstream-bench-cds",
-                                   "enable.auto.commit": False})  # fmt: skip
+        self._consumer = Consumer(
+            {**settings.kafka_client_config(), "group.id": "medstream-bench-cds", "enable.auto.commit": False}
+        )
         ends = end_offsets(settings, CDS_SUGGESTIONS.name)
         self._consumer.assign([TopicPartition(CDS_SUGGESTIONS.name, p, o) for p, o in ends.items()])
         self._stop = threading.Event()
@@ -104,8 +105,11 @@ def bench_pipeline(settings: Settings, seed: int) -> None:
                 accepted = post(client, b)
                 watcher.wait({patient_id(b)})
                 one_by_one.append(watcher.published[patient_id(b)] - accepted)
-            row("FHIR bundle accepted -> suggestion published, one case at a time", ms(one_by_one),
-                "40 carebundle cases (~48 resources + a note each); gateway + worker + Triton")  # fmt: skip
+            row(
+                "FHIR bundle accepted -> suggestion published, one case at a time",
+                ms(one_by_one),
+                "40 carebundle cases (~48 resources + a note each); gateway + worker + Triton",
+            )
 
             burst = bundles(120, seed + 2000)
             accepted_at: dict[str, float] = {}
@@ -127,8 +131,11 @@ def bench_pipeline(settings: Settings, seed: int) -> None:
             watcher.wait(set(accepted_at))
             done = max(watcher.published[p] for p in accepted_at)
             latencies = [watcher.published[p] - accepted_at[p] for p in accepted_at]
-            row("burst of 120 cases from 4 clients: throughput", f"{len(burst) / (done - started):.1f} cases/s",
-                f"accepted -> published {ms(latencies)}")  # fmt: skip
+            row(
+                "burst of 120 cases from 4 clients: throughput",
+                f"{len(burst) / (done - started):.1f} cases/s",
+                f"accepted -> published {ms(latencies)}",
+            )
     finally:
         watcher.close()
 
@@ -139,8 +146,11 @@ def hooks_request(bundle: dict[str, Any]) -> dict[str, Any]:
     patient = patient_id(resolved)
 
     def search(kind: str) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "searchset",
-                "entry": [{"resource": r} for r in resources if r["resourceType"] == kind]}  # fmt: skip
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in resources if r["resourceType"] == kind],
+        }
 
     return {
         "hook": "patient-view",
@@ -206,8 +216,11 @@ async def bench_engine(settings: Settings, seed: int) -> None:
         batched = len(cases) / (time.perf_counter() - t0)
         what = "with" if sentences else "without"
         stages = ", ".join(f"{k} {v:.1f}" for k, v in result[0].timings_ms.items())
-        row(f"engine {what} sentence explanations: 1 case per call vs 32", f"{single:.1f} vs {batched:.1f} cases/s",
-            f"ms per case at 32: {stages}")  # fmt: skip
+        row(
+            f"engine {what} sentence explanations: 1 case per call vs 32",
+            f"{single:.1f} vs {batched:.1f} cases/s",
+            f"ms per case at 32: {stages}",
+        )
     await triton.close()
 
 
@@ -215,8 +228,11 @@ def main() -> None:
     settings = stack_up()
     seed = random.randrange(1, 2**30)
     print("| measurement | result | note |\n|---|---|---|", flush=True)
-    procs = [start("fhir-gateway", GATEWAY, settings), start("decision-support", WORKER, settings),
-             start("cds-hooks", HOOKS, settings)]  # fmt: skip
+    procs = [
+        start("fhir-gateway", GATEWAY, settings),
+        start("decision-support", WORKER, settings),
+        start("cds-hooks", HOOKS, settings),
+    ]
     try:
         bench_pipeline(settings, seed)
         asyncio.run(bench_hooks(seed))

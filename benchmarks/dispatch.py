@@ -30,12 +30,13 @@ from services.common.blobs import LocalBlobStore
 from services.common.config import Settings
 from services.common.kafka import EventProducer
 from services.common.topics import FHIR_WRITEBACK
-from services.imaging import lung
-from services.imaging.analysis import ROUTES, dicom_bytes, evidence_objects, store_evidence
+from services.imaging.evidence import dicom_bytes, evidence_objects, store_evidence
+from services.imaging.routes import ROUTES
 from services.imaging.postprocess import labelled_candidates
 from services.imaging.preprocess import load_series, rescale
-from services.imaging.synthetic_ct import generate_ct, slice_datasets
 from services.imaging_dispatcher.destinations import DimseDestination
+from training.imaging import lung
+from training.imaging.synthetic_ct import generate_ct, slice_datasets
 
 PACS, DISPATCHER = 18190, 18191
 SINGLE, BURST = 10, 40
@@ -53,17 +54,22 @@ def make_reports(store: LocalBlobStore, n: int) -> list[tuple[fhir_pb2.FhirResou
     found, labels = labelled_candidates(lung.training_sample(ct).mask, grid.affine, grid.spacing, 0.5, 8.0)
     out = []
     for i in range(n):
-        objects = evidence_objects(datasets, volume, grid, labels, ROUTES["lung-nodule"], found, None, MODEL,
-                                   f"bench|{uuid.uuid4()}|{i}", NOW)  # fmt: skip
+        objects = evidence_objects(
+            datasets, volume, grid, labels, ROUTES["lung-nodule"], found, None, MODEL, f"bench|{uuid.uuid4()}|{i}", NOW
+        )
         dicom = [o for o in objects if o[3] == "application/dicom"]
         refs = asyncio.run(store_evidence(store, dicom))
         uids = {pydicom.dcmread(BytesIO(data)).SOPInstanceUID for _, _, data, _ in dicom}
         report_id = str(uuid.uuid4())
         forms = [{"contentType": r.content_type, "url": r.uri, "title": r.kind} for r in refs]
         resource = {"resourceType": "DiagnosticReport", "id": report_id, "presentedForm": forms}
-        event = fhir_pb2.FhirResourceEvent(event_id=report_id, resource_type="DiagnosticReport",
-                                           resource_id=report_id, patient_reference=f"Patient/{ct.patient_id}",
-                                           resource_json=json.dumps(resource).encode())  # fmt: skip
+        event = fhir_pb2.FhirResourceEvent(
+            event_id=report_id,
+            resource_type="DiagnosticReport",
+            resource_id=report_id,
+            patient_reference=f"Patient/{ct.patient_id}",
+            resource_json=json.dumps(resource).encode(),
+        )
         out.append((event, uids, sum(len(d) for _, _, d, _ in dicom)))
     return out
 
@@ -75,8 +81,12 @@ class Pacs:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TCP_NODELAY": "1" if no_delay else "0"}
-        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(folder), str(PACS)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", "PACS", "-od", str(folder), str(PACS)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.monotonic() + 20
         while not DimseDestination("p", "127.0.0.1", PACS, "PACS", "BENCH", 2.0).echo():
             if time.monotonic() > deadline:
@@ -109,15 +119,19 @@ def one_at_a_time(producer: EventProducer, pacs: Pacs, reports: list, note: str)
         producer.flush()
         latencies.append(wait_all(pacs, uids) - t0)
     p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
-    row("report published -> SEG and SR stored by the PACS, one at a time",
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms", f"{len(reports)} reports; {note}")  # fmt: skip
+    row(
+        "report published -> SEG and SR stored by the PACS, one at a time",
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms",
+        f"{len(reports)} reports; {note}",
+    )
 
 
 def bench(settings: Settings, tmp: Path) -> None:
     reports = make_reports(LocalBlobStore(tmp / "blobs"), 2 * SINGLE + BURST)
     destinations = [f"bench-{uuid.uuid4().hex[:8]}=dicom://PACS@127.0.0.1:{PACS}"]
-    proc = start("imaging-dispatcher", DISPATCHER, settings,
-                 {"MEDSTREAM_DISPATCH_DESTINATIONS": json.dumps(destinations)})  # fmt: skip
+    proc = start(
+        "imaging-dispatcher", DISPATCHER, settings, {"MEDSTREAM_DISPATCH_DESTINATIONS": json.dumps(destinations)}
+    )
     producer = EventProducer(settings, "bench")
     try:
         nagle = Pacs(tmp / "pacs-nagle", no_delay=False)
@@ -135,8 +149,11 @@ def bench(settings: Settings, tmp: Path) -> None:
         producer.flush()
         dispatch_s = wait_all(pacs, everything) - t0
         n = len(everything)
-        row(f"burst of {len(burst)} reports through the dispatcher", f"{n / dispatch_s:.0f} objects/s, "
-            f"{megabytes / dispatch_s:.1f} MB/s", "one association per report (SEG + SR); TCP_NODELAY=1")  # fmt: skip
+        row(
+            f"burst of {len(burst)} reports through the dispatcher",
+            f"{n / dispatch_s:.0f} objects/s, {megabytes / dispatch_s:.1f} MB/s",
+            "one association per report (SEG + SR); TCP_NODELAY=1",
+        )
     finally:
         producer.close()
         stop(proc)
@@ -156,8 +173,11 @@ def bench(settings: Settings, tmp: Path) -> None:
     finally:
         baseline.close()
     ratio = baseline_s / dispatch_s
-    row("baseline: dcmtk storescu, the same objects", f"{n / baseline_s:.0f} objects/s, "
-        f"{megabytes / baseline_s:.1f} MB/s", f"dispatcher/storescu throughput ratio {ratio:.2f}")  # fmt: skip
+    row(
+        "baseline: dcmtk storescu, the same objects",
+        f"{n / baseline_s:.0f} objects/s, {megabytes / baseline_s:.1f} MB/s",
+        f"dispatcher/storescu throughput ratio {ratio:.2f}",
+    )
 
 
 def main() -> None:

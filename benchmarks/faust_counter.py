@@ -33,4 +33,6 @@ async def count(stream):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    Worker(app, loglevel="WARNING", logging_config=logging_config("bench", "WARNING"), redirect_stdouts=False).execute_from_commandline()
+    Worker(
+        app, loglevel="WARNING", logging_config=logging_config("bench", "WARNING"), redirect_stdouts=False
+    ).execute_from_commandline()

@@ -29,10 +29,11 @@ from services.common.config import Settings
 from services.common.topic_reader import end_offsets
 from services.common.topics import ALERTS, DICOM_SERIES, FHIR_WRITEBACK
 from services.common.triton import TritonClient
-from services.imaging import lung
-from services.imaging.analysis import ROUTES, prepare, read_series
-from services.imaging.stroke import lesion_datasets
-from services.imaging.synthetic_ct import generate_ct, generate_followup, write_series
+from services.imaging.analysis import read_instances
+from services.imaging.routes import ROUTES
+from training.imaging import lung
+from training.imaging.stroke import lesion_datasets
+from training.imaging.synthetic_ct import generate_ct, generate_followup, write_series
 
 HTTP, DIMSE, WORKER, WRITER, STORESCP = 18150, 18151, 18152, 18153, 18154
 
@@ -55,8 +56,9 @@ def bench_cstore(root: Path) -> None:
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     gateway_s = storescu(root, DIMSE)
     with tempfile.TemporaryDirectory() as out:
-        scp = subprocess.Popen([dcmtk("storescp"), "-od", out, "+B", str(STORESCP)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+        scp = subprocess.Popen(
+            [dcmtk("storescp"), "-od", out, "+B", str(STORESCP)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             time.sleep(1.0)
             baseline_s = storescu(root, STORESCP)
@@ -64,19 +66,26 @@ def bench_cstore(root: Path) -> None:
             scp.terminate()
             scp.wait(10)
     n = len(files)
-    row("C-STORE into the imaging gateway", f"{n / gateway_s:.0f} instances/s, {megabytes / gateway_s:.1f} MB/s",
-        f"{n} instances ({megabytes:.0f} MB) by storescu; blob fsync + Kafka ack before each Success")  # fmt: skip
+    row(
+        "C-STORE into the imaging gateway",
+        f"{n / gateway_s:.0f} instances/s, {megabytes / gateway_s:.1f} MB/s",
+        f"{n} instances ({megabytes:.0f} MB) by storescu; blob fsync + Kafka ack before each Success",
+    )
     ratio = baseline_s / gateway_s
-    row("baseline: dcmtk storescp (+B, bit-preserving)", f"{n / baseline_s:.0f} instances/s, "
-        f"{megabytes / baseline_s:.1f} MB/s", f"gateway/storescp throughput ratio {ratio:.2f}")  # fmt: skip
+    row(
+        "baseline: dcmtk storescp (+B, bit-preserving)",
+        f"{n / baseline_s:.0f} instances/s, {megabytes / baseline_s:.1f} MB/s",
+        f"gateway/storescp throughput ratio {ratio:.2f}",
+    )
 
 
 class Watch:
     """Records of the given topics from their current ends, decoded, with their Kafka timestamps."""
 
     def __init__(self, settings: Settings, topics: list[str]) -> None:
-        self.consumer = Consumer({**settings.kafka_client_config(), "group.id": "medstream-bench-imaging",
-                                  "enable.auto.commit": False})  # fmt: skip
+        self.consumer = Consumer(
+            {**settings.kafka_client_config(), "group.id": "medstream-bench-imaging", "enable.auto.commit": False}
+        )
         assignment = []
         for topic in topics:
             assignment += [TopicPartition(topic, p, o) for p, o in end_offsets(settings, topic).items()]
@@ -125,21 +134,34 @@ def bench_latency(settings: Settings, ct_root: Path, tmp: Path, followup: Path) 
     watch.poll(90)
     latencies = report_latencies(watch.records)
     if latencies:
-        row("series complete -> DiagnosticReport published", ms(latencies), f"{len(latencies)} series (CT chest and "
-            "MR brain): read blobs, preprocess, Triton, measure, SEG/SR/key image, publish")  # fmt: skip
-    alerts = [ts for topic, value, ts in watch.records
-              if topic == ALERTS.name and alert_pb2.Alert.FromString(value).kind == "suspected-stroke"]  # fmt: skip
+        row(
+            "series complete -> DiagnosticReport published",
+            ms(latencies),
+            f"{len(latencies)} series (CT chest and "
+            "MR brain): read blobs, preprocess, Triton, measure, SEG/SR/key image, publish",
+        )
+    alerts = [
+        ts
+        for topic, value, ts in watch.records
+        if topic == ALERTS.name and alert_pb2.Alert.FromString(value).kind == "suspected-stroke"
+    ]
     if alerts:
-        row("last MR slice sent -> suspected-stroke alert", f"{min(alerts) - sent_mr_done:.1f} s",
-            f"incl. the 2 s series quiet period; 20 slices sent in {sent_mr_done - sent_mr:.1f} s")  # fmt: skip
+        row(
+            "last MR slice sent -> suspected-stroke alert",
+            f"{min(alerts) - sent_mr_done:.1f} s",
+            f"incl. the 2 s series quiet period; 20 slices sent in {sent_mr_done - sent_mr:.1f} s",
+        )
     before = len(watch.records)
     storescu(followup, DIMSE)  # the first CT's patient 90 days later; its prior is in the graph by now
     watch.poll(60)
     watch.close()
     compared = report_latencies(watch.records[before:])
     if compared:
-        row("follow-up CT complete -> DiagnosticReport with change vs prior", ms(compared),
-            "adds graph lookup, reading the prior, rigid registration (Mattes MI) and matching")  # fmt: skip
+        row(
+            "follow-up CT complete -> DiagnosticReport with change vs prior",
+            ms(compared),
+            "adds graph lookup, reading the prior, rigid registration (Mattes MI) and matching",
+        )
 
 
 def bench_stages() -> None:
@@ -155,8 +177,11 @@ def bench_stages() -> None:
                 key = (sample.labels["route"], sample.labels["stage"])
                 totals.setdefault(key, {})[sample.name.rsplit("_", 1)[1]] = sample.value
     for route in sorted({r for r, _ in totals}):
-        parts = [f"{stage} {t['sum'] / t['count']:.2f}" for (r, stage), t in sorted(totals.items())
-                 if r == route and t.get("count")]  # fmt: skip
+        parts = [
+            f"{stage} {t['sum'] / t['count']:.2f}"
+            for (r, stage), t in sorted(totals.items())
+            if r == route and t.get("count")
+        ]
         row(f"analysis stages, {route} (mean s per series)", ", ".join(parts), "from the worker's /metrics")
 
 
@@ -165,10 +190,13 @@ def bench_preprocess(ct_root: Path) -> None:
     for folder in sorted(p for p in ct_root.iterdir() if p.is_dir()):
         files = sorted(folder.glob("*.dcm"))
         t0 = time.perf_counter()
-        prepare(ROUTES["lung-nodule"], read_series([f.resolve().as_uri() for f in files])[1])
+        ROUTES["lung-nodule"].prepare(read_instances([f.resolve().as_uri() for f in files])[1])
         times.append(time.perf_counter() - t0)
-    row("preprocessing per CT series (80 x 256 x 256)", f"{np.median(times):.2f} s median",
-        "read 80 files, HU, resample to 2.5 mm, lung window")  # fmt: skip
+    row(
+        "preprocessing per CT series (80 x 256 x 256)",
+        f"{np.median(times):.2f} s median",
+        "read 80 files, HU, resample to 2.5 mm, lung window",
+    )
 
 
 async def bench_triton(settings: Settings) -> None:
@@ -212,11 +240,20 @@ def main() -> None:
         for extra in ct_root.rglob("*.json"):
             extra.unlink()
         bench_preprocess(ct_root)
-        procs = [start("imaging-gateway", HTTP, settings, {"MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE),
-                                                           "MEDSTREAM_DICOM_BLOB_DIR": str(tmp / "blobs"),
-                                                           "MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true"}),
-                 start("imaging", WORKER, settings, {"MEDSTREAM_IMAGING_QUIET_S": "2"}),
-                 start("graph-writer", WRITER, settings)]  # fmt: skip
+        procs = [
+            start(
+                "imaging-gateway",
+                HTTP,
+                settings,
+                {
+                    "MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE),
+                    "MEDSTREAM_DICOM_BLOB_DIR": str(tmp / "blobs"),
+                    "MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true",
+                },
+            ),
+            start("imaging", WORKER, settings, {"MEDSTREAM_IMAGING_QUIET_S": "2"}),
+            start("graph-writer", WRITER, settings),
+        ]
         try:
             bench_cstore(ct_root)
             fresh = tmp / "ct2"

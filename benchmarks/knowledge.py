@@ -1,4 +1,4 @@
-"""Reproduce the figures quoted for the knowledge module: `python -m services.cds.knowledge.measure [--load]`.
+"""Reproduce the figures quoted for the knowledge module: `python -m benchmarks.knowledge [--load]`.
 
 Prints the build time of the in-memory indexes, the ranking latency for 3-, 6- and 10-phenotype cases and,
 with --load, the time and rows of a full load into the Neo4j that MEDSTREAM_NEO4J_* points at.
@@ -20,9 +20,17 @@ from services.common.config import Settings
 from services.common.graph import Graph
 
 MARFAN = (
-    "HP:0001166", "HP:0001083", "HP:0002616", "HP:0000767", "HP:0000098", "HP:0002650", "HP:0001653", "HP:0004942",
-    "HP:0000545", "HP:0001382",
-)  # fmt: skip
+    "HP:0001166",
+    "HP:0001083",
+    "HP:0002616",
+    "HP:0000767",
+    "HP:0000098",
+    "HP:0002650",
+    "HP:0001653",
+    "HP:0004942",
+    "HP:0000545",
+    "HP:0001382",
+)
 
 
 def _timed(label: str, fn: Callable[[], object]) -> None:

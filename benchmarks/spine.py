@@ -44,8 +44,15 @@ def bench_kafka(settings: Settings) -> None:
     admin = AdminClient(settings.kafka_client_config())
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
     try:
-        producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "acks": "all",
-                             "linger.ms": 5, "compression.type": "lz4"})
+        producer = Producer(
+            {
+                **settings.kafka_client_config(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+            }
+        )
         started = time.perf_counter()
         for i in range(N_MESSAGES):
             while True:
@@ -56,11 +63,20 @@ def bench_kafka(settings: Settings) -> None:
                     producer.poll(0.01)
         producer.flush(60)
         seconds = time.perf_counter() - started
-        row("produce, confluent-kafka idempotent acks=all", f"{N_MESSAGES / seconds:,.0f} msg/s",
-            f"{N_MESSAGES:,} x {len(VALUE)} B")
+        row(
+            "produce, confluent-kafka idempotent acks=all",
+            f"{N_MESSAGES / seconds:,.0f} msg/s",
+            f"{N_MESSAGES:,} x {len(VALUE)} B",
+        )
 
-        consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": True})
+        consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+            }
+        )
         consumer.subscribe([topic])
         n, first = 0, 0.0
         while n < N_MESSAGES:
@@ -72,18 +88,37 @@ def bench_kafka(settings: Settings) -> None:
                 n += 1
         seconds = time.perf_counter() - first
         consumer.close()
-        row("consume, confluent-kafka alone (baseline)", f"{N_MESSAGES / seconds:,.0f} msg/s",
-            "first record to last, one consumer")
+        row(
+            "consume, confluent-kafka alone (baseline)",
+            f"{N_MESSAGES / seconds:,.0f} msg/s",
+            "first record to last, one consumer",
+        )
 
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.faust_counter", topic, str(N_MESSAGES), out.name,
-                                   "worker", "--without-web"], capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.faust_counter",
+                    topic,
+                    str(N_MESSAGES),
+                    out.name,
+                    "worker",
+                    "--without-web",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             text = Path(out.name).read_text()
             if not text:
                 raise RuntimeError(f"faust bench failed: {proc.stderr[-2000:]}")
             result = json.loads(text)
-        row("consume, faust agent (one worker)", f"{N_MESSAGES / result['seconds']:,.0f} msg/s",
-            "first record to last, `async for` over the stream")
+        row(
+            "consume, faust agent (one worker)",
+            f"{N_MESSAGES / result['seconds']:,.0f} msg/s",
+            "first record to last, `async for` over the stream",
+        )
     finally:
         admin.delete_topics([topic])
 
@@ -94,7 +129,9 @@ async def bench_neo4j(settings: Settings) -> None:
     run = uuid.uuid4().hex[:8]
     try:
         n_batched, batch = 20_000, 500
-        nodes = [Node("Observation", f"bench-{run}-b{i}", {"value": float(i), "code": "8867-4"}) for i in range(n_batched)]
+        nodes = [
+            Node("Observation", f"bench-{run}-b{i}", {"value": float(i), "code": "8867-4"}) for i in range(n_batched)
+        ]
         started = time.perf_counter()
         for i in range(0, n_batched, batch):
             await graph.upsert(nodes[i : i + batch])
@@ -106,13 +143,22 @@ async def bench_neo4j(settings: Settings) -> None:
         async with graph.driver.session(database=graph.database) as session:
             for i in range(n_single):
                 await session.execute_write(
-                    lambda tx, i=i: tx.run("MERGE (n:Observation {id: $id}) SET n.value = $v, n.code = $c",
-                                           id=f"bench-{run}-s{i}", v=float(i), c="8867-4"))
+                    lambda tx, i=i: tx.run(
+                        "MERGE (n:Observation {id: $id}) SET n.value = $v, n.code = $c",
+                        id=f"bench-{run}-s{i}",
+                        v=float(i),
+                        c="8867-4",
+                    )
+                )
         single = n_single / (time.perf_counter() - started)
-        row("Neo4j upsert, one MERGE per transaction", f"{single:,.0f} rows/s",
-            f"{n_single:,} rows; batched is {batched / single:.0f}x")
-        await graph.driver.execute_query("MATCH (n:Observation) WHERE n.id STARTS WITH $p DETACH DELETE n",
-                                         p=f"bench-{run}")
+        row(
+            "Neo4j upsert, one MERGE per transaction",
+            f"{single:,.0f} rows/s",
+            f"{n_single:,} rows; batched is {batched / single:.0f}x",
+        )
+        await graph.driver.execute_query(
+            "MATCH (n:Observation) WHERE n.id STARTS WITH $p DETACH DELETE n", p=f"bench-{run}"
+        )
     finally:
         await graph.close()
 
@@ -145,8 +191,11 @@ async def bench_triton(settings: Settings) -> None:
         seconds = time.perf_counter() - started
         count1, exec1 = triton_counters(model)
         await client.close()
-        row(f"Triton {model}, {clients} concurrent client(s)", f"{n / seconds:,.0f} req/s",
-            f"mean server batch {(count1 - count0) / max(1.0, exec1 - exec0):.1f}")
+        row(
+            f"Triton {model}, {clients} concurrent client(s)",
+            f"{n / seconds:,.0f} req/s",
+            f"mean server batch {(count1 - count0) / max(1.0, exec1 - exec0):.1f}",
+        )
 
 
 def main() -> None:

@@ -36,10 +36,14 @@ def row(name: str, value: str, note: str = "") -> None:
 
 
 def start(name: str, port: int, settings: Settings, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    log = open(settings.state_dir / "logs" / f"bench-{name}.log", "ab")  # noqa: SIM115  (lives with the process)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", name],
-                            env={**os.environ, "MEDSTREAM_HTTP_PORT": str(port), **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(settings.state_dir / "logs" / f"bench-{name}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", name],
+        env={**os.environ, "MEDSTREAM_HTTP_PORT": str(port), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -79,10 +83,14 @@ async def bench_http(batches: int, per_batch: int, concurrency: int = 8) -> floa
     async def worker(k: int, client: httpx.AsyncClient) -> None:
         nonlocal accepted
         for b in range(k, batches, concurrency):
-            body = {"idempotency_key": f"{run}-{b}", "device_type": "acme-band-2",
-                    "readings": readings(f"acme-sim-bh{run}-{b % 100}", per_batch, start_ms)}
-            resp = await client.post(f"http://127.0.0.1:{HTTP_PORT}/v1/wearables/batches", json=body,
-                                     headers={"Authorization": AUTH})
+            body = {
+                "idempotency_key": f"{run}-{b}",
+                "device_type": "acme-band-2",
+                "readings": readings(f"acme-sim-bh{run}-{b % 100}", per_batch, start_ms),
+            }
+            resp = await client.post(
+                f"http://127.0.0.1:{HTTP_PORT}/v1/wearables/batches", json=body, headers={"Authorization": AUTH}
+            )
             accepted += resp.json()["accepted"]
 
     started = time.perf_counter()
@@ -102,8 +110,9 @@ async def bench_grpc(batches: int, per_batch: int, streams: int = 8) -> float:
             s = struct_pb2.Struct()
             s.update(r)
             structs.append(s)
-        return wearables_pb2.StreamBatchesRequest(idempotency_key=f"{run}-{b}", device_type="acme-band-2",
-                                                  readings=structs)
+        return wearables_pb2.StreamBatchesRequest(
+            idempotency_key=f"{run}-{b}", device_type="acme-band-2", readings=structs
+        )
 
     requests = [request(b) for b in range(batches)]
 
@@ -128,7 +137,9 @@ def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
     consumer = Consumer({**settings.kafka_client_config(), "group.id": group})
     try:
         parts = end_offsets(settings, topic)
-        return {tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)}
+        return {
+            tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        }
     finally:
         consumer.close()
 
@@ -157,19 +168,33 @@ def bench_worker(settings: Settings, patients: int = 200, minutes: int = 20) -> 
             for s in range(0, 60, 2):
                 ts = Timestamp()
                 ts.FromNanoseconds(int((start + m * 60 + s) * 1e9))
-                samples.append(wearable_pb2.WearableSample(device_id=f"d{p}", patient_id=f"bench-{run}-{p}",
-                                                           metric="heart_rate", value=70.0 + (s % 7), effective_time=ts,
-                                                           loinc_code="8867-4", unit="/min"))
-            producer.send_sync(WEARABLE_SAMPLES.name, f"bench-{run}-{p}".encode(),
-                               wearable_pb2.WearableSampleBatch(vendor_id="bench", samples=samples))
+                samples.append(
+                    wearable_pb2.WearableSample(
+                        device_id=f"d{p}",
+                        patient_id=f"bench-{run}-{p}",
+                        metric="heart_rate",
+                        value=70.0 + (s % 7),
+                        effective_time=ts,
+                        loinc_code="8867-4",
+                        unit="/min",
+                    )
+                )
+            producer.send_sync(
+                WEARABLE_SAMPLES.name,
+                f"bench-{run}-{p}".encode(),
+                wearable_pb2.WearableSampleBatch(vendor_id="bench", samples=samples),
+            )
             total += len(samples)
     producer.flush()
     after = end_offsets(settings, WEARABLE_SAMPLES.name)
     records = sum(after[p] - before.get(p, 0) for p in after)
     wait_caught_up(settings, after)
     worker_s = time.perf_counter() - started
-    row("wearables worker: topic to windows/features/rules", f"{total / worker_s:,.0f} samples/s",
-        f"{records:,} batches of 30 HR samples; until committed (faust commits every 2.8 s), one worker")
+    row(
+        "wearables worker: topic to windows/features/rules",
+        f"{total / worker_s:,.0f} samples/s",
+        f"{records:,} batches of 30 HR samples; until committed (faust commits every 2.8 s), one worker",
+    )
 
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-{run}", "enable.auto.commit": False})
     consumer.assign([TopicPartition(WEARABLE_SAMPLES.name, p, before.get(p, 0)) for p in after])
@@ -184,8 +209,11 @@ def bench_worker(settings: Settings, patients: int = 200, minutes: int = 20) -> 
             seen += 1
     base_s = time.perf_counter() - first
     consumer.close()
-    row("baseline: confluent-kafka consume + protobuf decode, same records", f"{total / base_s:,.0f} samples/s",
-        f"{records:,} batches")
+    row(
+        "baseline: confluent-kafka consume + protobuf decode, same records",
+        f"{total / base_s:,.0f} samples/s",
+        f"{records:,} batches",
+    )
 
 
 def bench_alert_latency(settings: Settings, patients: int = 60) -> None:
@@ -197,10 +225,14 @@ def bench_alert_latency(settings: Settings, patients: int = 60) -> None:
     with httpx.Client(timeout=30) as client:
         for p in range(patients):
             device = f"acme-sim-lat{run}-{p}"
-            body = {"idempotency_key": f"{run}-{p}", "device_type": "acme-band-2",
-                    "readings": readings(device, 14 * 60, now_ms - 15 * 60_000, hr=135.0)[::5]}
-            client.post(f"http://127.0.0.1:{HTTP_PORT}/v1/wearables/batches", json=body,
-                        headers={"Authorization": AUTH}).raise_for_status()
+            body = {
+                "idempotency_key": f"{run}-{p}",
+                "device_type": "acme-band-2",
+                "readings": readings(device, 14 * 60, now_ms - 15 * 60_000, hr=135.0)[::5],
+            }
+            client.post(
+                f"http://127.0.0.1:{HTTP_PORT}/v1/wearables/batches", json=body, headers={"Authorization": AUTH}
+            ).raise_for_status()
             acked[f"sim-pt-lat{run}-{p}"] = time.time()
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-{run}", "enable.auto.commit": False})
     consumer.assign([TopicPartition(ALERTS.name, p, o) for p, o in before.items()])
@@ -215,8 +247,11 @@ def bench_alert_latency(settings: Settings, patients: int = 60) -> None:
             latencies[alert.patient_id] = msg.timestamp()[1] / 1000.0 - acked[alert.patient_id]
     consumer.close()
     values = np.array(sorted(latencies.values())) * 1000
-    row("sample accepted (HTTP 200) to alert published", f"p50 {np.percentile(values, 50):.0f} ms, "
-        f"p99 {np.percentile(values, 99):.0f} ms", f"{len(values)} tachycardia alerts, one per batch")
+    row(
+        "sample accepted (HTTP 200) to alert published",
+        f"p50 {np.percentile(values, 50):.0f} ms, p99 {np.percentile(values, 99):.0f} ms",
+        f"{len(values)} tachycardia alerts, one per batch",
+    )
 
 
 def main() -> None:

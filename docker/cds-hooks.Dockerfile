@@ -6,7 +6,7 @@
 # Set MEDSTREAM_CDS_HOOKS_CLIENTS to the callers' file (the chart mounts one from a Secret): samples/ is not in
 # the image.
 ARG PYTHON_VERSION=3.11.11
-# torch (a dependency of the package) from the CPU index: the services never use a GPU, and PyPI's default
+# torch (for the note embeddings: the package's "notes" extra) from the CPU index: the services never use a GPU, and PyPI's default
 # Linux wheels pull in the CUDA libraries (several GB). Set it to https://pypi.org/simple to use those.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir grpcio-tools==1.81.1 && python -m venv /opt/medst
 RUN /opt/medstream/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml ./
 COPY services/ services/
-RUN /opt/medstream/bin/pip install --no-cache-dir .
+RUN /opt/medstream/bin/pip install --no-cache-dir ".[notes]"
 COPY protos/ protos/
 # Generated code is installed into the venv's site-packages (the dev checkout uses a .pth file instead).
 RUN SITE="$(/opt/medstream/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \

@@ -5,18 +5,13 @@
 #   docker build -f docker/imaging-dispatcher.Dockerfile -t medstream/imaging-dispatcher:0.1.0 .
 # Runs as uid 10001 with a read-only root filesystem: only /var/lib/medstream (state) and /tmp are written.
 ARG PYTHON_VERSION=3.11.11
-# torch (a dependency of the package) from the CPU index: the services never use a GPU, and PyPI's default
-# Linux wheels pull in the CUDA libraries (several GB). Set it to https://pypi.org/simple to use those.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # ---- build: a virtual environment with medstream, its dependencies and the code generated from protos/
 FROM python:${PYTHON_VERSION}-bookworm AS build
-ARG TORCH_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # grpcio-tools goes into the build stage's own Python, not the venv that is shipped.
 RUN pip install --no-cache-dir grpcio-tools==1.81.1 && python -m venv /opt/medstream
-RUN /opt/medstream/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml ./
 COPY services/ services/
 # pynetdicom, pydicom, httpx and boto3 (S3 blob store) are dependencies of the package itself (pyproject.toml).

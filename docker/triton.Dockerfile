@@ -19,6 +19,7 @@ RUN python -m venv /opt/train \
  && /opt/train/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml ./
 COPY services/ services/
+COPY training/ training/
 RUN RPY2_CFFI_MODE=ABI /opt/train/bin/pip install --no-cache-dir ".[training]"
 COPY model_repository/ /models/
 RUN MEDSTREAM_MODEL_REPOSITORY=/models MEDSTREAM_STATE_DIR=/tmp/medstream /opt/train/bin/medstream models train --force

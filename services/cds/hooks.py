@@ -21,8 +21,9 @@ from prometheus_client import Counter
 from tritonclient.utils import InferenceServerException
 
 from services.cds import cards
-from services.cds.engine import MODEL_NAME, Engine
-from services.cds.model.embedding import embed
+from services.cds.contract import CDS_MULTIMODAL
+from services.cds.embedding import embed
+from services.cds.engine import Engine
 from services.cds.state import PatientState, apply
 from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
@@ -77,8 +78,11 @@ def prefetched_resources(prefetch: Any) -> list[dict[str, Any]]:
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise HookError(400, f"prefetch.{key} is not a FHIR resource")
         if value["resourceType"] == "Bundle":
-            out += [e["resource"] for e in value.get("entry", []) or []
-                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]  # fmt: skip
+            out += [
+                e["resource"]
+                for e in value.get("entry", []) or []
+                if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+            ]
         else:
             out.append(value)
     return out
@@ -117,7 +121,7 @@ def state_from_request(body: Any) -> PatientState:
 
 def hooks_app(settings: Settings, clients: dict[str, str], engine: Engine) -> web.Application:
     async def ready() -> bool:
-        return await engine.triton.ready(MODEL_NAME)
+        return await engine.triton.ready(CDS_MULTIMODAL.name)
 
     app = health_app({"triton": ready})
     app._client_max_size = MAX_BODY
@@ -158,7 +162,7 @@ def hooks_app(settings: Settings, clients: dict[str, str], engine: Engine) -> we
             resp.headers["Retry-After"] = "5"
             return resp
         except InferenceServerException as exc:
-            log.error("model request refused", extra={"model": MODEL_NAME, "error": str(exc.message())[:300]})
+            log.error("model request refused", extra={"model": CDS_MULTIMODAL.name, "error": str(exc.message())[:300]})
             return error(500, "the model refused the request")
         REQUESTS.labels(SERVICE, "200").inc()
         body = cards.response(assessment, engine.term_names, engine.alpha)

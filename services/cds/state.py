@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from medstream.events.v1 import fhir_pb2
+
 from services.cds.labs import LabObservation, LabPhenotype, NormalisedLab, classify, normalise
 
 LOINC = "http://loinc.org"
@@ -229,8 +231,11 @@ def _apply_observation(state: PatientState, resource: Mapping[str, Any]) -> None
     ]
     for component in resource.get("component", []) or []:
         if isinstance(component.get("valueQuantity"), dict):
-            measured += [(c.get("code", ""), component["valueQuantity"]) for c in _codings(component.get("code"))
-                         if c.get("system") == LOINC]  # fmt: skip
+            measured += [
+                (c.get("code", ""), component["valueQuantity"])
+                for c in _codings(component.get("code"))
+                if c.get("system") == LOINC
+            ]
     for loinc, quantity in measured:
         if not isinstance(quantity.get("value"), int | float):
             continue
@@ -299,3 +304,21 @@ def apply(state: PatientState, resource_type: str, resource: Mapping[str, Any], 
     else:
         return False
     return True
+
+
+def parse_event(event: fhir_pb2.FhirResourceEvent) -> tuple[dict[str, Any], list[str]]:
+    """The event's resource, parsed once, and what is wrong with the event (empty when it can be applied)."""
+    problems = []
+    if not event.resource_type or not event.resource_id:
+        problems.append("resource_type and resource_id are required")
+    try:
+        resource = json.loads(event.resource_json)
+    except ValueError as exc:
+        return {}, [*problems, f"resource_json is not JSON: {exc}"]
+    if not isinstance(resource, dict) or resource.get("resourceType") != event.resource_type:
+        problems.append("resource_json is not a resource of the event's resource_type")
+    elif resource.get("id") != event.resource_id:
+        problems.append("resource_json id differs from resource_id")
+    if event.patient_reference and not event.patient_reference.startswith("Patient/"):
+        problems.append("patient_reference must be Patient/<id>")
+    return (resource if isinstance(resource, dict) else {}), problems

@@ -156,9 +156,9 @@ def run_cds_demo(settings: Settings, console: Console, timeout_s: float) -> dict
     """The five carebundle profiles (with a synthetic note each) -> FHIR gateway -> decision support."""
     import json
 
-    from services.cds.samples import PROFILES, case_bundle, patient_id
     from services.common.topic_reader import read_records
     from services.common.topics import CDS_SUGGESTIONS
+    from training.cds.samples import PROFILES, case_bundle, patient_id
 
     seed = int(time.time()) % 1_000_000  # fresh patients each run: the same bundles again are not a change
     bundles = {profile: case_bundle(profile, seed=seed, index=i) for i, profile in enumerate(PROFILES)}
@@ -170,8 +170,12 @@ def run_cds_demo(settings: Settings, console: Console, timeout_s: float) -> dict
         wait_ready(procs, settings, timeout_s)
         console.print(f"posting {len(bundles)} carebundle transaction Bundles (one per profile) with a note each")
         for bundle in bundles.values():
-            resp = httpx.post(f"http://127.0.0.1:{SERVICE_PORTS['fhir-gateway']}/fhir/r4",
-                              content=json.dumps(bundle), headers=FHIR_AUTH, timeout=30)  # fmt: skip
+            resp = httpx.post(
+                f"http://127.0.0.1:{SERVICE_PORTS['fhir-gateway']}/fhir/r4",
+                content=json.dumps(bundle),
+                headers=FHIR_AUTH,
+                timeout=30,
+            )
             resp.raise_for_status()
         deadline = time.monotonic() + timeout_s
         while len(found) < len(patients) and time.monotonic() < deadline:
@@ -207,8 +211,8 @@ def run_imaging_demo(settings: Settings, console: Console, timeout_s: float) -> 
 
     from services.cli.dcmtk import dcmtk
     from services.common.topics import FHIR_WRITEBACK
-    from services.imaging.synthetic_ct import generate_ct, write_series
     from services.imaging_dispatcher.destinations import DimseDestination
+    from training.imaging.synthetic_ct import generate_ct, write_series
 
     ct = generate_ct(int(time.time()) % 100_000 + 500_000, n_nodules=2)  # a fresh patient each run
     before = {t: end_offsets(settings, t) for t in (FINDINGS.name, FHIR_WRITEBACK.name)}
@@ -223,8 +227,11 @@ def run_imaging_demo(settings: Settings, console: Console, timeout_s: float) -> 
         pacs_dir.mkdir()
         write_series(ct, series)
         (series / "ground_truth.json").unlink(missing_ok=True)
-        pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "DEMOPACS", "-od", str(pacs_dir), str(DEMO_PACS_PORT)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        pacs = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", "DEMOPACS", "-od", str(pacs_dir), str(DEMO_PACS_PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs = start_services(settings, ["imaging-gateway", "imaging", "graph-writer", "imaging-dispatcher"], env)
         report: dict[str, Any] = {}
         received: list[str] = []
@@ -232,25 +239,48 @@ def run_imaging_demo(settings: Settings, console: Console, timeout_s: float) -> 
             wait_ready(procs, settings, timeout_s)
             if not DimseDestination("pacs", "127.0.0.1", DEMO_PACS_PORT, "DEMOPACS", "DEMO", 5.0).echo():
                 raise RuntimeError(f"the demo PACS (storescp) is not answering on port {DEMO_PACS_PORT}")
-            console.print(f"sending a synthetic chest CT ({len(list(series.iterdir()))} files, "
-                          f"{len(ct.nodules)} nodules) with storescu to the imaging gateway")  # fmt: skip
-            subprocess.run([dcmtk("storescu"), "-aec", settings.dicom_ae_title, "-aet", "DEMO", "+sd", "-nh",
-                            "127.0.0.1", str(settings.dicom_dimse_port), str(series)],
-                           check=True, capture_output=True, timeout=120)  # fmt: skip
+            console.print(
+                f"sending a synthetic chest CT ({len(list(series.iterdir()))} files, "
+                f"{len(ct.nodules)} nodules) with storescu to the imaging gateway"
+            )
+            subprocess.run(
+                [
+                    dcmtk("storescu"),
+                    "-aec",
+                    settings.dicom_ae_title,
+                    "-aet",
+                    "DEMO",
+                    "+sd",
+                    "-nh",
+                    "127.0.0.1",
+                    str(settings.dicom_dimse_port),
+                    str(series),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and not (report and len(received) >= len(dicom_forms(report))):
-                events = read_messages(settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent,
-                                       before[FHIR_WRITEBACK.name])  # fmt: skip
+                events = read_messages(
+                    settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent, before[FHIR_WRITEBACK.name]
+                )
                 subject = f"Patient/{ct.patient_id}"
-                reports = [json.loads(e.resource_json) for e in events
-                           if e.resource_type == "DiagnosticReport" and e.patient_reference == subject]  # fmt: skip
+                reports = [
+                    json.loads(e.resource_json)
+                    for e in events
+                    if e.resource_type == "DiagnosticReport" and e.patient_reference == subject
+                ]
                 report = reports[-1] if reports else {}
                 # The demo PACS keeps its consumer group between runs: it also gets what other runs reported since.
                 objects = [pydicom.dcmread(f, stop_before_pixels=True) for f in pacs_dir.iterdir()]
                 received = sorted(o.Modality for o in objects if o.PatientID == ct.patient_id)
                 time.sleep(1.0)
-            findings = [f for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
-                        if f.patient_id == ct.patient_id]  # fmt: skip
+            findings = [
+                f
+                for f in read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
+                if f.patient_id == ct.patient_id
+            ]
         finally:
             stop_services(procs)
             pacs.terminate()

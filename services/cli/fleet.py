@@ -52,7 +52,7 @@ def rr_templates(seed: int = 7) -> list[np.ndarray]:
 
 
 def cgm_traces(days: int = 1, seed: int = 11) -> list[np.ndarray]:
-    from services.wearables.glycaemia.simulation import PATIENTS, Cohort, generate
+    from training.glycaemia.simulation import PATIENTS, Cohort, generate
 
     traces = generate(Cohort(PATIENTS, days=days, seed=seed))
     return [traces[p] for p in sorted(traces)]

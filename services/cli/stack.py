@@ -345,10 +345,10 @@ def model_names() -> list[str]:
 
 def model_trainers() -> dict[str, Callable[[Path], object]]:
     """Every model in the repository and the function that trains it from the repo's own data."""
-    from services.cds.model import training as cds
-    from services.deterioration import training as deterioration
-    from services.imaging import lung, stroke
-    from services.wearables.glycaemia import training as glycaemia
+    from training import deterioration_risk as deterioration
+    from training.cds import training as cds
+    from training.glycaemia import training as glycaemia
+    from training.imaging import lung, stroke
 
     return {
         deterioration.MODEL_NAME: deterioration.train,

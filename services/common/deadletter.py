@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
-from medstream.events.v1 import deadletter_pb2
+from medstream.events.v1 import common_pb2, deadletter_pb2
 
 from services.common.kafka import SCHEMA_HEADER
 from services.common.telemetry import (
@@ -52,6 +52,16 @@ class SourceRecord:
     @classmethod
     def from_confluent(cls, msg: Any) -> SourceRecord:
         return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), _header_map(msg.headers()))
+
+    def provenance(self, producer: str, source_event_id: str) -> common_pb2.Provenance:
+        """Where an output came from: this record's topic, partition and offset, and the source event's id."""
+        return common_pb2.Provenance(
+            producer=producer,
+            source_event_id=source_event_id,
+            source_topic=self.topic,
+            source_partition=self.partition,
+            source_offset=self.offset,
+        )
 
 
 def _as_bytes(value: Any) -> bytes | None:

@@ -13,6 +13,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def backoff_delay(attempt: int, *, base_s: float, cap_s: float, floor_s: float = 0.0) -> float:
+    """Jittered exponential backoff: a random wait from floor_s up to base_s * 2**attempt, at most cap_s."""
+    return random.uniform(floor_s, max(floor_s, min(cap_s, base_s * 2 ** min(attempt, 30))))
+
+
 async def retry_until_done(
     call: Callable[[], Awaitable[T]],
     what: str,
@@ -30,7 +35,7 @@ async def retry_until_done(
         try:
             return await call()
         except retry_on as exc:
-            delay = random.uniform(base_s, min(cap_s, base_s * 2 ** min(attempt, 10)))
+            delay = backoff_delay(attempt, base_s=base_s, cap_s=cap_s, floor_s=base_s)
             log.warning(
                 "dependency unavailable, waiting",
                 extra={"what": what, "attempt": attempt + 1, "error": type(exc).__name__, "delay_s": round(delay, 2)},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.common.config import Settings
+from services.common.model_contract import ModelContract
+from services.common.service import backoff_delay
 from services.common.telemetry import INFERENCE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,6 @@ class CircuitBreaker:
     @property
     def state(self) -> str:
         return "closed" if self.opened_at is None else "open"
-
-
-def backoff_delays(retries: int, base: float = 0.1, cap: float = 5.0) -> list[float]:
-    """Full-jitter exponential backoff delays, one per retry."""
-    return [random.uniform(0, min(cap, base * 2**attempt)) for attempt in range(retries)]
 
 
 class TritonClient:
@@ -113,7 +109,6 @@ class TritonClient:
         self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], version: str = ""
     ) -> InferResult:
         """One inference with retries on transient errors; raises CircuitOpen while Triton keeps failing."""
-        delays = backoff_delays(self.retries)
         for attempt in range(self.retries + 1):
             if not self.breaker.allow(time.monotonic()):
                 raise CircuitOpen(f"triton circuit open after {self.breaker.failures} failures")
@@ -131,8 +126,21 @@ class TritonClient:
                     "triton call failed, retrying",
                     extra={"model": model, "attempt": attempt + 1, "error": str(exc.message())[:200]},
                 )
-                await asyncio.sleep(delays[attempt])
+                await asyncio.sleep(backoff_delay(attempt, base_s=0.1, cap_s=5.0))
         raise AssertionError("unreachable")
+
+    async def infer_contract(
+        self,
+        contract: ModelContract,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None,
+        max_batch: int | None = None,
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """`infer_many` for a model's contract: the inputs are checked against it first (ContractViolation), and
+        requests are split at `max_batch` rows, at most its max_batch_size. Returns ({output: all rows}, version)."""
+        contract.check_inputs(inputs)
+        rows = min(max_batch or contract.max_batch_size, contract.max_batch_size)
+        return await self.infer_many(contract.name, inputs, outputs or contract.output_names, rows)
 
     async def infer_rows(
         self, model: str, input_name: str, rows: np.ndarray, output: str, max_batch: int = 64

@@ -11,12 +11,13 @@ from medstream.events.v1 import alert_pb2, common_pb2, finding_pb2, graph_pb2, v
 
 from services.common.graph import Node, Relationship
 from services.common.graph_events import to_mutation
+from services.deterioration.contract import ALERT_THRESHOLD
 from services.deterioration.news2 import Vitals, news2_score
 
 KIND = "deterioration-risk"
 # medstream's own code system for finding kinds: no standard code says "model-estimated NEWS2 trigger risk".
 FINDING_KIND_SYSTEM = "urn:medstream:finding-kind"
-ALERT_THRESHOLD = 0.5  # the model is trained on NEWS2's urgent-response trigger; 0.5 is its decision point
+
 _NAMESPACE = uuid.UUID("4f1c7a52-8a0e-4c52-9a4b-6d1f0f0c2b11")
 
 # Plausible physiological ranges: outside them the value is a charting or device error, not a patient state.

@@ -194,8 +194,10 @@ def _rewrite(value: Any, references: dict[str, str]) -> Any:
 def resolve_references(doc: dict[str, Any]) -> dict[str, Any]:
     """A batch/transaction Bundle with its entries' ids assigned and `urn:uuid:` / absolute references to other
     entries rewritten as local `Type/id` references (FHIR R4 3.1.0.11.3: transaction processing rules)."""
-    entries = [dict(e, resource=dict(e["resource"])) if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-               else e for e in doc.get("entry", [])]  # fmt: skip
+    entries = [
+        dict(e, resource=dict(e["resource"])) if isinstance(e, dict) and isinstance(e.get("resource"), dict) else e
+        for e in doc.get("entry", [])
+    ]
     references = dict(filter(None, (_entry_reference(e) for e in entries if isinstance(e, dict))))
     return {**doc, "entry": [_rewrite(e, references) if isinstance(e, dict) else e for e in entries]}
 

@@ -39,7 +39,6 @@ from services.imaging.postprocess import Candidate, Change
 from services.imaging.preprocess import window as voi_window
 
 __all__ = [
-    "KINDS",
     "Kind",
     "PriorComparison",
     "SegmentedFinding",
@@ -56,7 +55,6 @@ EQUIVALENT_SPHERE_DIAMETER: Final = Code("EQSPHD", PRIVATE_SCHEME, "Volume-equiv
 PRIOR_VOLUME: Final = Code("PRIORVOL", PRIVATE_SCHEME, "Volume at prior study")
 VOLUME_CHANGE: Final = Code("VOLCHG", PRIVATE_SCHEME, "Volume change since prior study")
 VOLUME_DOUBLING_TIME: Final = Code("VDT", PRIVATE_SCHEME, "Volume doubling time")
-INFARCT: Final = Code("55641003", "SCT", "Infarct")  # morphologic abnormality; not in pydicom's code dictionary
 MILLILITER: Final = Code("ml", "UCUM", "milliliter")
 ALGORITHM_FAMILY: Final = codes.DCM.ArtificialIntelligence
 DISCLAIMER: Final = "synthetic-data model, not for clinical use"
@@ -64,20 +62,12 @@ DISCLAIMER: Final = "synthetic-data model, not for clinical use"
 
 @dataclass(frozen=True)
 class Kind:
-    """What a route's findings are called and coded as (keys of KINDS are Finding.kind values)."""
+    """What a route's findings are called and coded as in DICOM (each route declares its own)."""
 
     name: str  # human label stem: "lung nodule 1"
     finding_type: Code  # SEG segmented property type, SR finding type
     site: Code  # SEG anatomic region, SR finding site
     procedures: dict[str, Code]  # Modality -> TID 1500 procedure reported
-
-
-KINDS: Final[dict[str, Kind]] = {
-    "lung-nodule": Kind("lung nodule", codes.SCT.Nodule, codes.SCT.Lung,
-                        {"CT": Code("24627-2", "LN", "CT Chest")}),
-    "stroke-lesion": Kind("stroke lesion", INFARCT, codes.SCT.Brain,
-                          {"MR": Code("24590-2", "LN", "MR Brain"), "CT": Code("24725-4", "LN", "CT Head")}),
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,12 +181,6 @@ def _fix_dates(ds: Dataset, now: dt.datetime | None) -> None:
             item.ContributionDateTime = date + time
 
 
-def _kind(kind: str) -> Kind:
-    if kind not in KINDS:
-        raise ValueError(f"unknown finding kind {kind!r}; expected one of {sorted(KINDS)}")
-    return KINDS[kind]
-
-
 def _check_findings(findings: Sequence[SegmentedFinding]) -> None:
     labels = [f.label for f in findings]
     if labels != list(range(1, len(findings) + 1)):
@@ -211,7 +195,7 @@ def segmentation(
     labels_on_source: npt.NDArray[Any],
     findings: Sequence[SegmentedFinding],
     *,
-    kind: str,
+    kind: Kind,
     algorithm_name: str,
     algorithm_version: str,
     seed: str,
@@ -222,7 +206,7 @@ def segmentation(
     """A BINARY Segmentation with segment k for label k, or None without findings (a SEG needs a segment).
 
     `labels_on_source` is `labels_on_sources(...)` for these `sources`; `seed` and `now` make it reproducible."""
-    info = _kind(kind)
+    info = kind
     _check_findings(findings)
     if not findings:
         return None
@@ -284,15 +268,19 @@ def segmentation(
 def _measurements(f: SegmentedFinding) -> list[hd.sr.Measurement]:
     out = [
         hd.sr.Measurement(
-            name=codes.SCT.Diameter, value=round(f.diameter_mm, 2), unit=codes.UCUM.Millimeter,
+            name=codes.SCT.Diameter,
+            value=round(f.diameter_mm, 2),
+            unit=codes.UCUM.Millimeter,
             method=EQUIVALENT_SPHERE_DIAMETER,
         ),
         hd.sr.Measurement(
-            name=codes.SCT.Volume, value=round(f.volume_ml, 4), unit=MILLILITER,
+            name=codes.SCT.Volume,
+            value=round(f.volume_ml, 4),
+            unit=MILLILITER,
             method=codes.DCM.SumOfSegmentedVoxelMethodForVolume,
         ),
         hd.sr.Measurement(name=codes.DCM.CertaintyOfFinding, value=round(f.confidence, 4), unit=codes.UCUM.NoUnits),
-    ]  # fmt: skip
+    ]
     if f.prior is not None:
         p = f.prior
         out.append(hd.sr.Measurement(name=PRIOR_VOLUME, value=round(p.prior_volume_ml, 4), unit=MILLILITER))
@@ -309,7 +297,7 @@ def measurement_report(
     seg: Dataset | None,
     findings: Sequence[SegmentedFinding],
     *,
-    kind: str,
+    kind: Kind,
     algorithm_name: str,
     algorithm_version: str,
     seed: str,
@@ -320,7 +308,7 @@ def measurement_report(
     """A TID 1500 report: one volumetric measurement group per finding, its ROI the SEG's segment `label`.
 
     Without findings (`seg` None) the report says the finding type is absent; codes in the module docstring."""
-    info = _kind(kind)
+    info = kind
     _check_findings(findings)
     if not sources:
         raise ValueError("no source images")
@@ -404,9 +392,9 @@ def measurement_report(
 # ---------------------------------------------------------------- key image
 
 
-def key_image_caption(finding: SegmentedFinding, *, kind: str, algorithm_name: str, algorithm_version: str) -> str:
+def key_image_caption(finding: SegmentedFinding, *, kind: Kind, algorithm_name: str, algorithm_version: str) -> str:
     """Caption without PHI: finding, size, model, disclaimer."""
-    info = _kind(kind)
+    info = kind
     return (
         f"{info.name} {finding.label}: {finding.diameter_mm:.1f} mm, {finding.volume_ml:.2f} mL - "
         f"{algorithm_name} v{algorithm_version}, {DISCLAIMER}"

@@ -112,8 +112,15 @@ def compare(
         if best is not None and math.dist(best.centre_mm, lesion.centre_mm) <= max_distance_mm:
             remaining.remove(best)
             pct = 100.0 * (lesion.volume_ml - best.volume_ml) / best.volume_ml if best.volume_ml else None
-            changes.append(Change(lesion, best, math.dist(best.centre_mm, lesion.centre_mm), pct,
-                                  doubling_time(best.volume_ml, lesion.volume_ml, days)))  # fmt: skip
+            changes.append(
+                Change(
+                    lesion,
+                    best,
+                    math.dist(best.centre_mm, lesion.centre_mm),
+                    pct,
+                    doubling_time(best.volume_ml, lesion.volume_ml, days),
+                )
+            )
         else:
             changes.append(Change(lesion, None, None, None, None))
     return changes

@@ -76,9 +76,14 @@ async def find_prior(
     graph: Graph, patient_id: str, study_instance_uid: str, date: dt.date, route: str
 ) -> PriorStudy | None:
     records, _, _ = await graph.driver.execute_query(
-        PRIOR_QUERY, patient=patient_id, study=study_instance_uid, date=date.isoformat(), route=route,
-        database_=graph.database, routing_="r",
-    )  # fmt: skip
+        PRIOR_QUERY,
+        patient=patient_id,
+        study=study_instance_uid,
+        date=date.isoformat(),
+        route=route,
+        database_=graph.database,
+        routing_="r",
+    )
     if not records:
         return None
     row = records[0]
@@ -124,8 +129,9 @@ def measure_change(
     changes, prior_ids = [], []
     for original, in_prior in zip(found, moved, strict=True):
         change = by_lesion[id(in_prior)]  # compare() orders by volume; report in the findings' order
-        changes.append(Change(original, change.prior, change.distance_mm, change.volume_change_pct,
-                              change.doubling_time_days))  # fmt: skip
+        changes.append(
+            Change(original, change.prior, change.distance_mm, change.volume_change_pct, change.doubling_time_days)
+        )
         prior_ids.append(by_centre.get(change.prior.centre_mm) if change.prior else None)
     return Comparison(prior, days, changes, prior_ids, result.metric, result.translation_mm)
 
@@ -133,6 +139,11 @@ def measure_change(
 def _moved(c: Candidate, to_prior: np.ndarray) -> Candidate:
     point = to_prior @ np.array([*c.centre_mm, 1.0])
     return Candidate(
-        (float(point[0]), float(point[1]), float(point[2])), c.centre_voxel, c.volume_ml, c.diameter_mm,
-        c.max_extent_mm, c.confidence, c.voxels,
-    )  # fmt: skip
+        (float(point[0]), float(point[1]), float(point[2])),
+        c.centre_voxel,
+        c.volume_ml,
+        c.diameter_mm,
+        c.max_extent_mm,
+        c.confidence,
+        c.voxels,
+    )

@@ -139,22 +139,12 @@ def complete(state: SeriesState, reason: str) -> Completed:
     state.completed_counts.append(len(state.instances))
     ordered = sorted(state.instances.values(), key=lambda i: (i.instance_number, i.sop_instance_uid))
     return Completed(
-        state.series_instance_uid, state.study_instance_uid, state.patient_id, state.modality, state.body_part,
-        state.revision, tuple(ordered), reason,
-    )  # fmt: skip
-
-
-# -- routing -------------------------------------------------------------------------------------------------------
-
-CHEST = ("CHEST", "LUNG", "THORAX")
-HEAD = ("BRAIN", "HEAD", "SKULL")
-
-
-def route(modality: str, body_part: str, description: str = "") -> str | None:
-    """Which analysis a completed series goes to: "lung-nodule" (CT chest), "stroke" (MR brain), or None."""
-    text = f"{body_part} {description}".upper()
-    if modality == "CT" and any(word in text for word in CHEST):
-        return "lung-nodule"
-    if modality == "MR" and any(word in text for word in HEAD):
-        return "stroke"
-    return None
+        state.series_instance_uid,
+        state.study_instance_uid,
+        state.patient_id,
+        state.modality,
+        state.body_part,
+        state.revision,
+        tuple(ordered),
+        reason,
+    )

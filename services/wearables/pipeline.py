@@ -18,18 +18,16 @@ from services.common.graph import Node, Relationship
 from services.common.graph_events import to_mutation
 from services.common.measurements import METRICS
 from services.wearables import features
+from services.wearables.contract import HORIZON_S, RISK_THRESHOLD, STEP_S, WINDOW
 from services.wearables.rules import RULES_BY_METRIC, EpisodeBook, RaisedAlert, Rule, observe
-from services.wearables.windows import MINUTE, HourWindow, MetricWindows, add_samples
+from services.wearables.windows import HourWindow, MetricWindows, add_samples
 
 _NAMESPACE = uuid.UUID("0b7f3a8e-58c4-4d0b-a1e2-7c9d6e5f4a31")
-CGM_STEP_S = 5 * MINUTE
-RISK_WINDOW = 24  # readings the glycaemia model reads (2 h at 5 min)
-RISK_THRESHOLD = 0.5
 MODEL_RULE = Rule(
     "glycaemia-risk-model",
     "hypoglycaemia-risk",
     "glucose",
-    "model risk of hypoglycaemia within 60 min >= 0.5",
+    f"model risk of hypoglycaemia within {HORIZON_S // 60} min >= {RISK_THRESHOLD}",
     lambda v: v >= RISK_THRESHOLD,
     0,
     6 * 3600,
@@ -65,6 +63,20 @@ class PatientState:
             EpisodeBook.from_dict(d["book"]),
             d.get("scored", []),
         )
+
+
+def validate(batch: wearable_pb2.WearableSampleBatch) -> list[str]:
+    """Contract problems of a sample batch, empty when it can be processed."""
+    problems = []
+    if not batch.samples:
+        problems.append("batch has no samples")
+    for i, s in enumerate(batch.samples):
+        if not s.patient_id or not s.metric or not s.HasField("effective_time"):
+            problems.append(f"sample {i}: patient_id, metric and effective_time are required")
+            break
+    if len({s.patient_id for s in batch.samples}) > 1:
+        problems.append("samples of more than one patient in one batch")
+    return problems
 
 
 @dataclass
@@ -242,12 +254,12 @@ def _score_requests(state: PatientState, windows: MetricWindows, new: list[tuple
     for t, _ in sorted(new):
         if t in state.scored:
             continue
-        history = [x for x in times if t - (RISK_WINDOW - 0.5) * CGM_STEP_S < x <= t]
-        if len(history) < RISK_WINDOW:
+        history = [x for x in times if t - (WINDOW - 0.5) * STEP_S < x <= t]
+        if len(history) < WINDOW:
             continue
-        series = history[-RISK_WINDOW:]
+        series = history[-WINDOW:]
         gaps = [b - a for a, b in pairwise(series)]
-        if max(gaps) > 1.5 * CGM_STEP_S:
+        if max(gaps) > 1.5 * STEP_S:
             continue
         requests.append(ScoreRequest(t, [windows.glucose[x] for x in series]))
         state.scored = [*state.scored[-49:], t]
@@ -259,7 +271,7 @@ def apply_risk(
 ) -> StepOutput:
     """Model result for one CGM window: a model-driven episode (one alert per episode, escalation)."""
     out = StepOutput()
-    for raised in observe(state.book, MODEL_RULE, patient_id, request.time, risk, span_s=CGM_STEP_S):
+    for raised in observe(state.book, MODEL_RULE, patient_id, request.time, risk, span_s=STEP_S):
         alert = to_alert(patient_id, raised, now, model)
         out.alerts.append(alert)
         out.mutations.append(alert_mutation(patient_id, alert))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from services.cds import cards
-from services.cds.engine import Assessment, Case, Contribution, Evidence, class_table, fuse, graph_scores
+from services.cds.contract import CLASSES
+from services.cds.engine import Assessment, Case, Contribution, Evidence, fuse, graph_scores
 from services.cds.knowledge.reasoning import default_index
-from services.cds.model.diseases import DISEASES
 
 pytestmark = pytest.mark.unit
 WILSON = "OMIM:277900"
@@ -20,15 +20,14 @@ def index():
 
 
 def probs_for(key: str, p: float) -> np.ndarray:
-    keys = [k for k, _, _, _ in class_table()]
+    keys = [c.key for c in CLASSES]
     out = np.full(len(keys), (1 - p) / (len(keys) - 1), dtype=np.float32)
     out[keys.index(key)] = p
     return out
 
 
-def test_class_table_follows_the_model_output_order():
-    assert [k for k, _, _, _ in class_table()] == [d.key for d in DISEASES]
-    assert dict((k, d) for k, _, d, _ in class_table())["wilson_disease"] == WILSON
+def test_the_contract_names_the_graph_disease_of_rare_classes():
+    assert {c.key: c.disease_id for c in CLASSES}["wilson_disease"] == WILSON
 
 
 def test_graph_score_is_one_when_every_phenotype_is_annotated_on_the_disease(index):
@@ -108,6 +107,6 @@ def test_card_suggestions_are_valid_fhir_conditions_and_ids_are_stable(assessmen
 def test_every_class_has_a_valid_icd10cm_code():
     import simple_icd_10_cm as cm
 
-    assert set(cards.ICD10_CODES) == {d.key for d in DISEASES}
+    assert set(cards.ICD10_CODES) == {c.key for c in CLASSES}
     for code in cards.ICD10_CODES.values():
         assert cm.is_valid_item(code) and cm.is_leaf(code), code

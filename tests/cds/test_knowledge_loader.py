@@ -84,8 +84,10 @@ def test_phenotype_and_disease_rows_for_marfan_syndrome():
     diseases = disease_rows(onto, ["OMIM:154700"])
     [disease] = diseases.nodes
     assert (disease.label, disease.key, disease.properties) == (
-        "Disease", "OMIM:154700", {"name": "Marfan syndrome", "source": "OMIM"},
-    )  # fmt: skip
+        "Disease",
+        "OMIM:154700",
+        {"name": "Marfan syndrome", "source": "OMIM"},
+    )
     links = {r.end.key: r for r in diseases.relationships}
     assert len(links) == len(onto.diseases["OMIM:154700"].phenotypes)
     assert {r.type for r in diseases.relationships} == {"HAS_PHENOTYPE"}
@@ -117,14 +119,20 @@ def test_icd10cm_rows_with_parents():
     assert {n.key: n.properties["kind"] for n in rows.nodes}["E11.9"] == "subcategory"
     assert {n.properties["system"] for n in rows.nodes} == {ICD10CM_SYSTEM}
     assert {(r.start.key, r.type, r.end.key) for r in rows.relationships} == {
-        ("E08-E13", "IS_A", "4"), ("E11", "IS_A", "E08-E13"), ("E11.9", "IS_A", "E11"), ("E10", "IS_A", "E08-E13"),
-    }  # fmt: skip
+        ("E08-E13", "IS_A", "4"),
+        ("E11", "IS_A", "E08-E13"),
+        ("E11.9", "IS_A", "E11"),
+        ("E10", "IS_A", "E08-E13"),
+    }
 
 
 def test_icd10cm_rows_limited_by_kind_and_prefix():
     assert {n.key for n in icd10cm_rows(ICD, kinds=("chapter", "block", "category")).nodes} == {
-        "4", "E08-E13", "E11", "E10",
-    }  # fmt: skip
+        "4",
+        "E08-E13",
+        "E11",
+        "E10",
+    }
     limited = icd10cm_rows(ICD, prefixes=("E11",))
     assert {n.key for n in limited.nodes} == {"4", "E08-E13", "E11", "E11.9"}  # ancestors come along
     assert len(limited.relationships) == 3
@@ -141,8 +149,11 @@ def test_medication_rows_merge_variants_under_drugbank_or_mesh_ids():
     }
     nodes = {n.key: n.properties for n in medication_rows(dictionary).nodes}
     assert nodes["DB00331"] == {
-        "name": "Metformin", "synonyms": ["glucophage"], "drugbank_id": "DB00331", "mesh_id": "D008687",
-    }  # fmt: skip
+        "name": "Metformin",
+        "synonyms": ["glucophage"],
+        "drugbank_id": "DB00331",
+        "mesh_id": "D008687",
+    }
     assert set(nodes) == {"DB00331", "name:unknownium", "MESH:D000001"}
 
 

@@ -89,8 +89,10 @@ def test_ancestor_propagation_both_ways(tiny):
     [marfan] = [r for r in rank([LONG_FINGERS], k=4, index=tiny) if r.disease_id == "OMIM:1"]
     [m] = marfan.matches
     assert (m.disease_term, m.relation, m.disease_path) == (
-        ARACHNODACTYLY, "patient term more general", (ARACHNODACTYLY, LONG_FINGERS),
-    )  # fmt: skip
+        ARACHNODACTYLY,
+        "patient term more general",
+        (ARACHNODACTYLY, LONG_FINGERS),
+    )
 
     # Siblings meet at their common parent.
     assert mica(tiny.onto, MYOPIA, ECTOPIA_LENTIS) == (EYE, tiny.onto.ic[EYE])
@@ -112,8 +114,18 @@ def test_unknown_and_obsolete_terms_are_ignored(tiny):
 
 
 def test_marfan_syndrome_ranks_first_on_the_real_ontology():
-    marfan = ["HP:0001166", "HP:0001083", "HP:0002616", "HP:0000767", "HP:0000098", "HP:0002650", "HP:0001653",
-              "HP:0004942", "HP:0000545", "HP:0001382"]  # fmt: skip
+    marfan = [
+        "HP:0001166",
+        "HP:0001083",
+        "HP:0002616",
+        "HP:0000767",
+        "HP:0000098",
+        "HP:0002650",
+        "HP:0001653",
+        "HP:0004942",
+        "HP:0000545",
+        "HP:0001382",
+    ]
     ranked = rank(marfan, k=5, index=default_index())
     assert {r.disease_id for r in ranked[:2]} == {"OMIM:154700", "ORPHA:558"}
     assert all(r.name == "Marfan syndrome" for r in ranked[:2])

@@ -213,9 +213,17 @@ def test_abnormal_results_map_to_phenotypes_in_canonical_units(loinc, value, uni
 
 @pytest.mark.parametrize(
     "loinc, value, unit",
-    [("718-7", 14.0, "g/dL"), ("718-7", 140, "g/L"), ("2345-7", 5.5, "mmol/L"), ("2823-3", 5.0, "mmol/L"),
-     ("2951-2", 135, "mmol/L"), ("4548-4", 5.6, "%"), ("62238-1", 95, "mL/min/{1.73_m2}"), ("787-2", 60, "fL")],
-)  # fmt: skip
+    [
+        ("718-7", 14.0, "g/dL"),
+        ("718-7", 140, "g/L"),
+        ("2345-7", 5.5, "mmol/L"),
+        ("2823-3", 5.0, "mmol/L"),
+        ("2951-2", 135, "mmol/L"),
+        ("4548-4", 5.6, "%"),
+        ("62238-1", 95, "mL/min/{1.73_m2}"),
+        ("787-2", 60, "fL"),
+    ],
+)
 def test_results_within_limits_at_the_limit_or_without_limits_are_normal(loinc, value, unit):
     assert classify(LabObservation(loinc, value, unit)) is None
 

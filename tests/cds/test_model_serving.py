@@ -17,12 +17,12 @@ from captum.attr import IntegratedGradients
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.cds.model.explain import explain
-from services.cds.model.network import CdsMultimodal, lab_statistics
-from services.cds.model.training import MODEL_NAME
 from services.cli.stack import TRITON_HTTP_PORT
 from services.common.triton import TritonClient
 from tests.conftest import wait_for
+from training.cds.explain import explain
+from training.cds.network import CdsMultimodal, lab_statistics
+from training.cds.training import MODEL_NAME
 
 FOLDER = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
 CONFIG = text_format.Parse((FOLDER / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -72,7 +72,7 @@ def _inputs(rows: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _captum(model: torch.jit.ScriptModule, emb: torch.Tensor, labs: torch.Tensor, target: int) -> torch.Tensor:
-    """One row's per-lab attributions the way services/cds/model/explain.py asks captum for them."""
+    """One row's per-lab attributions the way training/cds/explain.py asks captum for them."""
     z, missing = model.standardise(labs)
 
     def probability(lab_part: torch.Tensor) -> torch.Tensor:

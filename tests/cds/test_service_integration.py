@@ -21,13 +21,13 @@ from medstream.events.v1 import deadletter_pb2, fhir_pb2
 
 from services.cds.knowledge.loader import drug_dictionary, medication_rows
 from services.cds.knowledge.phenotypes import extract_phenotypes
-from services.cds.samples import PROFILES, case_bundle, patient_id
 from services.common.graph import Graph
 from services.common.kafka import EventProducer, record_headers
 from services.common.topic_reader import end_offsets, read_messages, read_records
 from services.common.topics import CDS_SUGGESTIONS, DEAD_LETTERS, FHIR_EVENTS
 from services.fhir_gateway.validation import resolve_references
 from tests.conftest import ServiceProcess, running, wait_for
+from training.cds.samples import PROFILES, case_bundle, patient_id
 
 pytestmark = pytest.mark.integration
 GATEWAY, WORKER, HOOKS, WRITER = 18086, 18087, 18088, 18089
@@ -125,8 +125,11 @@ def test_five_carebundle_profiles_end_to_end(local_stack, services, seed):
         assert {"uuid", "summary", "detail", "indicator", "source", "suggestions"} <= set(top)
         explanation = top["extension"]["medstream"]
         assert explanation["model"] == body["model"]
-        model_top = next(c for c in body["cards"] if c["extension"]["medstream"]["labAttributions"]) if any(
-            c["extension"]["medstream"]["labAttributions"] for c in body["cards"]) else None  # fmt: skip
+        model_top = (
+            next(c for c in body["cards"] if c["extension"]["medstream"]["labAttributions"])
+            if any(c["extension"]["medstream"]["labAttributions"] for c in body["cards"])
+            else None
+        )
         if model_top is not None:
             assert all(
                 isinstance(a["contribution"], float) for a in model_top["extension"]["medstream"]["labAttributions"]
@@ -136,8 +139,11 @@ def test_five_carebundle_profiles_end_to_end(local_stack, services, seed):
     def shapes() -> dict[str, dict]:
         return {p: (graph_query(local_stack, GRAPH_SHAPE, patient=p) or [{}])[0] for p in patients}
 
-    wait_for(lambda: all(s.get("observations", 0) >= 30 for s in shapes().values()), 60,
-             what="patients and observations in Neo4j")  # fmt: skip
+    wait_for(
+        lambda: all(s.get("observations", 0) >= 30 for s in shapes().values()),
+        60,
+        what="patients and observations in Neo4j",
+    )
     # Each phenotype present in a patient's note is one EXHIBITS edge. How many a note has follows carebundle's seed
     # (some have none), so the expectation comes from the notes sent, not from a fixed count.
     expected = {patient_id(b): note_phenotypes(b) for b in bundles}
@@ -181,8 +187,7 @@ def test_worker_crash_loses_no_patient_state(local_stack, services, seed):
         "valueQuantity": {"value": 6.9, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
     }
     after_crash = end_offsets(local_stack, CDS_SUGGESTIONS.name)
-    r = httpx.post(f"http://127.0.0.1:{GATEWAY}/fhir/r4/Observation", content=json.dumps(follow_up),
-                   headers=FHIR_AUTH)  # fmt: skip
+    r = httpx.post(f"http://127.0.0.1:{GATEWAY}/fhir/r4/Observation", content=json.dumps(follow_up), headers=FHIR_AUTH)
     assert r.status_code == 201
     services["decision-support"].start()
     wait_for(services["decision-support"].ready, 120, what="worker back")
@@ -202,8 +207,14 @@ def test_cds_hooks_patient_view_answers_from_the_same_engine(local_stack, servic
     bundle = resolve_references(case_bundle("ckd_stage3", seed=seed + 2, index=0))
     patient = patient_id(bundle)
     resources = [e["resource"] for e in bundle["entry"]]
-    by_type = lambda t: {"resourceType": "Bundle", "type": "searchset",  # noqa: E731
-                         "entry": [{"resource": r} for r in resources if r["resourceType"] == t]}  # fmt: skip
+
+    def by_type(t: str) -> dict[str, object]:
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in resources if r["resourceType"] == t],
+        }
+
     request = {
         "hook": "patient-view",
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -250,29 +261,40 @@ def test_aborted_transactions_and_malformed_events(local_stack, services, seed):
         resource = entry["resource"]
         if resource["resourceType"] in ("Patient", "Observation", "DocumentReference"):
             event = fhir_pb2.FhirResourceEvent(
-                event_id=f"abort-{resource['id']}", resource_type=resource["resourceType"],
-                resource_id=resource["id"], patient_reference=f"Patient/{aborted_patient}",
+                event_id=f"abort-{resource['id']}",
+                resource_type=resource["resourceType"],
+                resource_id=resource["id"],
+                patient_reference=f"Patient/{aborted_patient}",
                 resource_json=json.dumps(resource).encode(),
-            )  # fmt: skip
-            producer.produce(FHIR_EVENTS.name, event.SerializeToString(), f"Patient/{aborted_patient}".encode(),
-                             headers=record_headers(event))  # fmt: skip
+            )
+            producer.produce(
+                FHIR_EVENTS.name,
+                event.SerializeToString(),
+                f"Patient/{aborted_patient}".encode(),
+                headers=record_headers(event),
+            )
     producer.flush()
     producer.abort_transaction()
 
     bad = EventProducer(local_stack, "test")
     bad.send_sync(FHIR_EVENTS.name, f"Patient/{committed_patient}".encode(), b"\x08not a protobuf")
-    mismatch = fhir_pb2.FhirResourceEvent(event_id=f"bad-{seed}", resource_type="Observation", resource_id="x",
-                                          patient_reference=f"Patient/{committed_patient}",
-                                          resource_json=b'{"resourceType": "Patient", "id": "x"}')  # fmt: skip
+    mismatch = fhir_pb2.FhirResourceEvent(
+        event_id=f"bad-{seed}",
+        resource_type="Observation",
+        resource_id="x",
+        patient_reference=f"Patient/{committed_patient}",
+        resource_json=b'{"resourceType": "Patient", "id": "x"}',
+    )
     bad.send_sync(FHIR_EVENTS.name, f"Patient/{committed_patient}".encode(), mismatch)
     bad.close()
     assert post(committed_bundle).status_code == 200
     wait_for(lambda: suggestions(local_stack, before, {committed_patient}), 90, what="the committed patient")
     assert suggestions(local_stack, before, {aborted_patient}) == []
     letters = [
-        d for d in read_messages(local_stack, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, dead_before)
+        d
+        for d in read_messages(local_stack, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, dead_before)
         if d.consumer == "decision-support"
-    ]  # fmt: skip
+    ]
     assert len(letters) >= 2, letters
     assert any("resource_type" in d.error_text for d in letters)
 
@@ -296,7 +318,8 @@ def test_new_model_version_is_picked_up_without_restart(local_stack, services, s
             note["entry"][-1]["resource"]["date"] = f"2026-03-{n:02d}T10:00:00Z"
             note["entry"][-1]["fullUrl"] = f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
             note["entry"][-1]["resource"]["content"][0]["attachment"]["data"] = base64.b64encode(
-                f"Follow-up visit {n}. Reports headache and dizziness.".encode()).decode()  # fmt: skip
+                f"Follow-up visit {n}. Reports headache and dizziness.".encode()
+            ).decode()
             assert post(note).status_code == 200
             wait_for(lambda: suggestions(local_stack, before, {patient}), 60, what="suggestion")
             return suggestions(local_stack, before, {patient})[-1]["model"]["version"]

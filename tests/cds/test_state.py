@@ -81,12 +81,16 @@ def test_vital_signs_and_blood_pressure_components():
         "subject": {"reference": "Patient/p1"},
         "effectiveDateTime": "2026-01-01T09:00:00Z",
         "component": [
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
-             "valueQuantity": {"value": 168, "code": "mm[Hg]"}},
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
-             "valueQuantity": {"value": 96, "code": "mm[Hg]"}},
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 168, "code": "mm[Hg]"},
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                "valueQuantity": {"value": 96, "code": "mm[Hg]"},
+            },
         ],
-    }  # fmt: skip
+    }
     state = PatientState()
     apply(state, "Observation", bp)
     apply(state, "Observation", lab("t", "8310-5", 101.3, "[degF]"))

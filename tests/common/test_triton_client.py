@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from services.common.triton import CircuitBreaker, InferResult, TritonClient, backoff_delays
+from services.common.service import backoff_delay
+from services.common.triton import CircuitBreaker, InferResult, TritonClient
 
 pytestmark = pytest.mark.unit
 
@@ -19,9 +20,11 @@ def test_breaker_opens_after_threshold_and_half_opens_after_cooldown():
 
 
 def test_backoff_is_bounded_and_grows():
-    delays = backoff_delays(8, base=0.1, cap=1.0)
-    assert len(delays) == 8 and all(0 <= d <= 1.0 for d in delays)
+    delays = [backoff_delay(i, base_s=0.1, cap_s=1.0) for i in range(8)]
+    assert all(0 <= d <= 1.0 for d in delays)
     assert all(d <= 0.1 * 2**i for i, d in enumerate(delays))
+    floored = [backoff_delay(i, base_s=0.2, cap_s=10.0, floor_s=0.2) for i in range(40)]
+    assert all(0.2 <= d <= 10.0 for d in floored)
 
 
 def _fake_client(versions: list[str]) -> tuple[TritonClient, list[tuple[dict[str, int], str]]]:

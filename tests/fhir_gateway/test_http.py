@@ -239,17 +239,27 @@ def test_resolve_references_rewrites_only_bundle_entries():
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"},
-             "request": {"method": "POST", "url": "Patient"}},
-            {"fullUrl": "http://ehr.example/fhir/Encounter/e-9", "resource": {"resourceType": "Encounter", "id": "e-9"},
-             "request": {"method": "PUT", "url": "Encounter/e-9"}},
-            {"resource": {"resourceType": "Observation",
-                          "subject": {"reference": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001"},
-                          "encounter": {"reference": "http://ehr.example/fhir/Encounter/e-9"},
-                          "performer": [{"reference": "urn:uuid:ffffffff-0000-4000-8000-000000000000"}]},
-             "request": {"method": "POST", "url": "Observation"}},
+            {
+                "fullUrl": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001",
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "http://ehr.example/fhir/Encounter/e-9",
+                "resource": {"resourceType": "Encounter", "id": "e-9"},
+                "request": {"method": "PUT", "url": "Encounter/e-9"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "subject": {"reference": "urn:uuid:0b1c2d3e-0000-4000-8000-000000000001"},
+                    "encounter": {"reference": "http://ehr.example/fhir/Encounter/e-9"},
+                    "performer": [{"reference": "urn:uuid:ffffffff-0000-4000-8000-000000000000"}],
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
         ],
-    }  # fmt: skip
+    }
     out = resolve_references(doc)
     assert out["entry"][0]["resource"]["id"] == "0b1c2d3e-0000-4000-8000-000000000001"
     obs = out["entry"][2]["resource"]

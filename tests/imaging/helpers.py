@@ -59,8 +59,11 @@ def graph_counts(settings, patient: str) -> dict[str, int]:
 
 def reports_for(settings, since, patient: str) -> list[dict]:
     events = read_messages(settings, FHIR_WRITEBACK.name, fhir_pb2.FhirResourceEvent, since)
-    return [json.loads(e.resource_json) for e in events
-            if e.patient_reference == f"Patient/{patient}" and e.resource_type == "DiagnosticReport"]  # fmt: skip
+    return [
+        json.loads(e.resource_json)
+        for e in events
+        if e.patient_reference == f"Patient/{patient}" and e.resource_type == "DiagnosticReport"
+    ]
 
 
 def nearest(findings, point, within_mm: float = 10.0) -> finding_pb2.Finding | None:

@@ -11,9 +11,12 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from medstream.events.v1 import common_pb2, dicom_pb2, finding_pb2
 
 from services.common.graph_events import from_mutation
-from services.imaging.analysis import ROUTES, Context, SeriesUnreadable, outputs, read_series
+from services.imaging.analysis import SeriesUnreadable
+from services.imaging.analysis import read_instances as read_series
+from services.imaging.findings import Context, outputs
 from services.imaging.postprocess import Candidate, Change
 from services.imaging.priors import Comparison, PriorFinding, PriorStudy
+from services.imaging.routes import ROUTES
 
 pytestmark = pytest.mark.unit
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -22,10 +25,15 @@ MODEL = common_pb2.ModelRef(name="stroke_lesion", version="1")
 
 def series(route: str) -> dicom_pb2.DicomSeriesComplete:
     return dicom_pb2.DicomSeriesComplete(
-        series_instance_uid="1.2.3.4", study_instance_uid="1.2.3", patient_id="SYN-7", modality="MR",
-        body_part_examined="BRAIN", revision=2, route=route,
+        series_instance_uid="1.2.3.4",
+        study_instance_uid="1.2.3",
+        patient_id="SYN-7",
+        modality="MR",
+        body_part_examined="BRAIN",
+        revision=2,
+        route=route,
         instances=[dicom_pb2.DicomInstanceRef(sop_instance_uid="1.2.3.4.1", blob_uri="file:///b/1.dcm")],
-    )  # fmt: skip
+    )
 
 
 LESIONS = [
@@ -80,16 +88,23 @@ def test_a_missing_or_foreign_blob_makes_the_series_unreadable(tmp_path):
 
 def test_a_comparison_with_the_prior_reaches_findings_report_and_graph():
     prior_lesion = Candidate((10.5, -20.0, 30.0), (0, 0, 0), 2.1, 15.9, 0, 1.0, 0)
-    prior = PriorStudy("1.2.2", "1.2.2.4", dt.date(2026, 8, 29), ("file:///b/0.dcm",),
-                       (PriorFinding("prior-1", prior_lesion),))  # fmt: skip
+    prior = PriorStudy(
+        "1.2.2", "1.2.2.4", dt.date(2026, 8, 29), ("file:///b/0.dcm",), (PriorFinding("prior-1", prior_lesion),)
+    )
     changes = [Change(LESIONS[0], prior_lesion, 0.5, 100.0, 90.0), Change(LESIONS[1], None, None, None, None)]
     comparison = Comparison(prior, 90.0, changes, ["prior-1", None], -0.5, (1.0, 2.0, 0.0))
     evidence = (
         finding_pb2.EvidenceRef(kind="dicom-seg", uri="s3://b/outputs/x/seg.dcm", content_type="application/dicom"),
     )
     context = Context(study_date=dt.date(2026, 11, 27), comparison=comparison, evidence=evidence)
-    out = outputs(series("lung-nodule"), ROUTES["lung-nodule"], LESIONS,
-                  common_pb2.ModelRef(name="lung_nodule", version="3"), NOW, context)  # fmt: skip
+    out = outputs(
+        series("lung-nodule"),
+        ROUTES["lung-nodule"],
+        LESIONS,
+        common_pb2.ModelRef(name="lung_nodule", version="3"),
+        NOW,
+        context,
+    )
 
     grown, new = out.findings
     assert grown.prior_finding_id == "prior-1" and not new.prior_finding_id
@@ -103,8 +118,9 @@ def test_a_comparison_with_the_prior_reaches_findings_report_and_graph():
     report = json.loads(out.report.resource_json)
     DiagnosticReport.model_validate(report)
     assert "prior study of 2026-08-29 (90 days earlier, registered rigidly): 1 matched, 1 new" in report["conclusion"]
-    assert report["presentedForm"] == [{"contentType": "application/dicom", "url": "s3://b/outputs/x/seg.dcm",
-                                        "title": "dicom-seg"}]  # fmt: skip
+    assert report["presentedForm"] == [
+        {"contentType": "application/dicom", "url": "s3://b/outputs/x/seg.dcm", "title": "dicom-seg"}
+    ]
     texts = [c["code"]["text"] for c in report["contained"][0]["component"]]
     assert "volume doubling time" in texts
 

@@ -38,13 +38,22 @@ def arrivals(series: str, numbers: range, expected: int = 0) -> list[dicom_pb2.D
     now.GetCurrentTime()
     return [
         dicom_pb2.DicomInstanceArrival(
-            sop_instance_uid=f"{series}.{n}", series_instance_uid=series, study_instance_uid=f"{series}.0",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", body_part_examined="CHEST",
-            patient_id=f"SYN-{series[-8:]}", instance_number=n, blob_uri=f"file:///blobs/{series}/{n}.dcm",
-            sha256=f"{n:064x}", size_bytes=1000, received_at=now, expected_instances_in_series=expected,
+            sop_instance_uid=f"{series}.{n}",
+            series_instance_uid=series,
+            study_instance_uid=f"{series}.0",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            modality="CT",
+            body_part_examined="CHEST",
+            patient_id=f"SYN-{series[-8:]}",
+            instance_number=n,
+            blob_uri=f"file:///blobs/{series}/{n}.dcm",
+            sha256=f"{n:064x}",
+            size_bytes=1000,
+            received_at=now,
+            expected_instances_in_series=expected,
         )
         for n in numbers
-    ]  # fmt: skip
+    ]
 
 
 def send(settings, records: list[dicom_pb2.DicomInstanceArrival]) -> None:

@@ -35,6 +35,9 @@ from services.imaging.dicom_outputs import (
 )
 from services.imaging.postprocess import Candidate, Change
 from services.imaging.preprocess import Volume, load_series, resample, rescale
+from services.imaging.routes import lung_nodule, stroke
+
+LUNG, STROKE = lung_nodule.ROUTE.evidence, stroke.ROUTE.evidence
 
 pytestmark = pytest.mark.unit
 
@@ -51,9 +54,11 @@ PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PHI-4711"
 def _series() -> tuple[list[Dataset], np.ndarray]:
     """A small axial CT series (HU -850 lung, +40 lesions) and its truth labels on the source grid."""
     z, y, x = np.meshgrid(
-        np.arange(SLICES) * SLICE_MM + ORIGIN[2], np.arange(ROWS) * PIXEL_MM + ORIGIN[1],
-        np.arange(COLS) * PIXEL_MM + ORIGIN[0], indexing="ij",
-    )  # fmt: skip
+        np.arange(SLICES) * SLICE_MM + ORIGIN[2],
+        np.arange(ROWS) * PIXEL_MM + ORIGIN[1],
+        np.arange(COLS) * PIXEL_MM + ORIGIN[0],
+        indexing="ij",
+    )
     truth = np.zeros((SLICES, ROWS, COLS), dtype=np.uint8)
     for label, ((cx, cy, cz), r) in enumerate(LESIONS, start=1):
         truth[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= r * r] = label
@@ -75,8 +80,9 @@ def _series() -> tuple[list[Dataset], np.ndarray]:
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
         ds.SliceThickness = SLICE_MM
-        ds.set_pixel_data(stored[k], photometric_interpretation="MONOCHROME2", bits_stored=16,
-                          generate_instance_uid=False)  # fmt: skip
+        ds.set_pixel_data(
+            stored[k], photometric_interpretation="MONOCHROME2", bits_stored=16, generate_instance_uid=False
+        )
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         datasets.append(ds)
     return datasets, truth
@@ -85,8 +91,12 @@ def _series() -> tuple[list[Dataset], np.ndarray]:
 SOURCES, TRUTH = _series()
 VOLUME = rescale(load_series(SOURCES))
 # The label map as the model grid would hold it: the truth resampled to lung's 2.5 mm grid.
-_GRID = resample(Volume(TRUTH.astype(np.float32), VOLUME.affine, VOLUME.spacing, "CT", "MONOCHROME2"),
-                 (2.5, 2.5, 2.5), order=0, fill=0.0)  # fmt: skip
+_GRID = resample(
+    Volume(TRUTH.astype(np.float32), VOLUME.affine, VOLUME.spacing, "CT", "MONOCHROME2"),
+    (2.5, 2.5, 2.5),
+    order=0,
+    fill=0.0,
+)
 GRID_LABELS, GRID_AFFINE = np.rint(_GRID.array).astype(np.uint8), _GRID.affine
 FINDINGS = [
     SegmentedFinding(1, 12.34, 0.9512, LESIONS[0][0], 0.95, PriorComparison(0.5, 90.24, 123.4)),
@@ -102,8 +112,8 @@ def _bytes(ds: Dataset) -> bytes:
 
 def _outputs(seed: str = SEED, findings: list[SegmentedFinding] = FINDINGS) -> tuple[Dataset | None, Dataset]:
     on_source = labels_on_sources(GRID_LABELS, GRID_AFFINE, SOURCES)
-    seg = segmentation(SOURCES, on_source, findings, kind="lung-nodule", seed=seed, now=NOW, **ALGORITHM)
-    sr = measurement_report(SOURCES, seg, findings, kind="lung-nodule", seed=seed, now=NOW, **ALGORITHM)
+    seg = segmentation(SOURCES, on_source, findings, kind=LUNG, seed=seed, now=NOW, **ALGORITHM)
+    sr = measurement_report(SOURCES, seg, findings, kind=LUNG, seed=seed, now=NOW, **ALGORITHM)
     return seg, sr
 
 
@@ -173,9 +183,10 @@ def test_report_holds_the_measurements_and_references_the_segmentation(tmp_path)
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.SOPClassUID == Comprehensive3DSRStorage and ds.CompletionFlag == "COMPLETE"
     evidence = {
-        s.SeriesInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+        s.SeriesInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
         for s in study.ReferencedSeriesSequence
-    }  # fmt: skip
+    }
     assert evidence == {SOURCES[0].SeriesInstanceUID, seg.SeriesInstanceUID}
     assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99MEDSTREAM"
 
@@ -226,7 +237,7 @@ def test_no_findings_no_segmentation_and_a_report_that_says_absent(tmp_path):
 
 def test_stroke_segments_are_infarcts():
     on_source = labels_on_sources(GRID_LABELS, GRID_AFFINE, SOURCES)
-    seg = segmentation(SOURCES, on_source, FINDINGS, kind="stroke-lesion", seed=SEED, **ALGORITHM)
+    seg = segmentation(SOURCES, on_source, FINDINGS, kind=STROKE, seed=SEED, **ALGORITHM)
     assert seg is not None
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "55641003"
     assert seg.SegmentSequence[0].AnatomicRegionSequence[0].CodeValue == "12738006"
@@ -235,18 +246,16 @@ def test_stroke_segments_are_infarcts():
 def test_bad_inputs_are_refused():
     on_source = labels_on_sources(GRID_LABELS, GRID_AFFINE, SOURCES)
     with pytest.raises(ValueError, match="labels must be"):
-        segmentation(SOURCES, on_source, FINDINGS[::-1], kind="lung-nodule", seed=SEED, **ALGORITHM)
-    with pytest.raises(ValueError, match="unknown finding kind"):
-        segmentation(SOURCES, on_source, FINDINGS, kind="liver", seed=SEED, **ALGORITHM)
+        segmentation(SOURCES, on_source, FINDINGS[::-1], kind=LUNG, seed=SEED, **ALGORITHM)
     with pytest.raises(ValueError, match="shape"):
-        segmentation(SOURCES, on_source[1:], FINDINGS, kind="lung-nodule", seed=SEED, **ALGORITHM)
+        segmentation(SOURCES, on_source[1:], FINDINGS, kind=LUNG, seed=SEED, **ALGORITHM)
     with pytest.raises(ValueError, match="reference"):
-        measurement_report(SOURCES, None, FINDINGS, kind="lung-nodule", seed=SEED, **ALGORITHM)
+        measurement_report(SOURCES, None, FINDINGS, kind=LUNG, seed=SEED, **ALGORITHM)
 
 
 def test_key_image_outlines_the_lesion_in_red_without_phi():
     on_volume = labels_on_volume(GRID_LABELS, GRID_AFFINE, VOLUME.affine, VOLUME.array.shape)
-    caption = key_image_caption(FINDINGS[0], kind="lung-nodule", **ALGORITHM)
+    caption = key_image_caption(FINDINGS[0], kind=LUNG, **ALGORITHM)
     assert caption.startswith("lung nodule 1: 12.3 mm, 0.95 mL") and "not for clinical use" in caption
     assert PATIENT_NAME not in caption and PATIENT_ID not in caption and "Doe" not in caption
     png = key_image_png(VOLUME.array, on_volume, 1, window=(-600.0, 1500.0), caption=caption)

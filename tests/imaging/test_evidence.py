@@ -14,11 +14,12 @@ from medstream.events.v1 import common_pb2
 from PIL import Image
 
 from services.common.blobs import LocalBlobStore, read_blob
-from services.imaging import lung
-from services.imaging.analysis import ROUTES, dicom_bytes, evidence_objects, store_evidence
+from services.imaging.evidence import dicom_bytes, evidence_objects, store_evidence
 from services.imaging.postprocess import labelled_candidates
 from services.imaging.preprocess import load_series, rescale
-from services.imaging.synthetic_ct import generate_ct, slice_datasets
+from services.imaging.routes import ROUTES
+from training.imaging import lung
+from training.imaging.synthetic_ct import generate_ct, slice_datasets
 
 pytestmark = pytest.mark.unit
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -59,6 +60,7 @@ def test_a_replay_writes_the_same_bytes_and_no_lesion_still_gives_a_report(analy
     _, datasets, volume, grid, found, labels = analysed
     args = (datasets, volume, grid, labels, ROUTES["lung-nodule"], found, None, MODEL, "b|1", NOW)
     assert evidence_objects(*args) == evidence_objects(*args)
-    none = evidence_objects(datasets, volume, grid, np.zeros_like(labels), ROUTES["lung-nodule"], [], None, MODEL,
-                            "b|2", NOW)  # fmt: skip
+    none = evidence_objects(
+        datasets, volume, grid, np.zeros_like(labels), ROUTES["lung-nodule"], [], None, MODEL, "b|2", NOW
+    )
     assert [kind for kind, *_ in none] == ["dicom-sr"]

@@ -13,10 +13,10 @@ import pytest
 from services.cli.dcmtk import dcmtk
 from services.common.topic_reader import end_offsets
 from services.common.topics import FHIR_WRITEBACK, FINDINGS
-from services.imaging.synthetic_ct import generate_ct, write_series
 from tests.conftest import ServiceProcess, running, wait_for
 from tests.faults import TcpProxy
 from tests.imaging.helpers import findings_for, graph_counts, reports_for, storescu
+from training.imaging.synthetic_ct import generate_ct, write_series
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,15 +35,21 @@ def _address(url: str) -> tuple[str, int]:
 def faulty(local_stack, tmp_path_factory) -> Iterator[dict]:
     logs = local_stack.state_dir / "logs"
     blobs = tmp_path_factory.mktemp("blobs")
-    behind_proxies = {"MEDSTREAM_TRITON_GRPC_URL": f"127.0.0.1:{TRITON_PROXY}",
-                      "MEDSTREAM_NEO4J_URI": f"bolt://127.0.0.1:{NEO4J_PROXY}"}  # fmt: skip
+    behind_proxies = {
+        "MEDSTREAM_TRITON_GRPC_URL": f"127.0.0.1:{TRITON_PROXY}",
+        "MEDSTREAM_NEO4J_URI": f"bolt://127.0.0.1:{NEO4J_PROXY}",
+    }
     worker_env = {**behind_proxies, "MEDSTREAM_IMAGING_QUIET_S": str(QUIET_S)}
     procs = {
-        "imaging-gateway": ServiceProcess("imaging-gateway", HTTP, logs, {
-            "MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE), "MEDSTREAM_DICOM_BLOB_DIR": str(blobs)}),
+        "imaging-gateway": ServiceProcess(
+            "imaging-gateway",
+            HTTP,
+            logs,
+            {"MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE), "MEDSTREAM_DICOM_BLOB_DIR": str(blobs)},
+        ),
         "imaging": ServiceProcess("imaging", WORKER, logs, worker_env),
         "graph-writer": ServiceProcess("graph-writer", WRITER, logs, behind_proxies),
-    }  # fmt: skip
+    }
     with (
         TcpProxy(TRITON_PROXY, _address(local_stack.triton_grpc_url)) as triton,
         TcpProxy(NEO4J_PROXY, _address(local_stack.neo4j_uri)) as neo4j,

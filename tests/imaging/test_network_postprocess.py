@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.imaging.network import UNet3D, dice_loss, patch_starts, sliding_window
+from services.imaging.patches import patch_starts, sliding_window
 from services.imaging.postprocess import Candidate, candidates, compare, doubling_time
+from training.imaging.network import UNet3D, dice_loss
 
 pytestmark = pytest.mark.unit
 

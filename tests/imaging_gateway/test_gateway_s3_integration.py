@@ -21,11 +21,11 @@ from services.cli.dcmtk import dcmtk
 from services.common.blobs import blob_store, read_blob
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import DICOM_INSTANCES, FHIR_WRITEBACK
-from services.imaging.synthetic_ct import generate_ct, write_series
 from tests.conftest import ServiceProcess, unique, wait_for
 from tests.imaging.helpers import reports_for, storescu
 from tests.imaging_gateway.test_gateway_integration import fresh_ct, stow
 from tests.s3server import S3Server
+from training.imaging.synthetic_ct import generate_ct, write_series
 
 pytestmark = [
     pytest.mark.integration,
@@ -127,8 +127,9 @@ def test_s3_down_refuses_with_out_of_resources_then_recovers(local_stack, gatewa
 
 def test_imaging_worker_reads_the_series_from_s3_and_stores_its_evidence_there(local_stack, gateway, s3, tmp_path):
     env = {k: v for k, v in gateway[0].env.items() if k.startswith("MEDSTREAM_S3") or k == "MEDSTREAM_BLOB_STORE"}
-    worker = ServiceProcess("imaging", WORKER_PORT, local_stack.state_dir / "logs", {
-        **env, "MEDSTREAM_IMAGING_QUIET_S": "3"}).start()  # fmt: skip
+    worker = ServiceProcess(
+        "imaging", WORKER_PORT, local_stack.state_dir / "logs", {**env, "MEDSTREAM_IMAGING_QUIET_S": "3"}
+    ).start()
     try:
         wait_for(worker.ready, 120, what="imaging worker ready")
         ct = generate_ct(int(time.time()) % 100_000 + 800_000, n_nodules=2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from services.deterioration.news2 import Vitals, features
-from services.deterioration.training import train
+from training.deterioration_risk import train
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medstream.events.v1 import common_pb2, wearable_pb2
 
 from services.common.graph_events import from_mutation
-from services.wearables.pipeline import RISK_WINDOW, PatientState, apply_risk, step
+from services.wearables.contract import WINDOW as RISK_WINDOW
+from services.wearables.pipeline import PatientState, apply_risk, step
 
 pytestmark = pytest.mark.unit
 T0 = 1_790_000_040 - (1_790_000_040 % 3600)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from services.cds.labs import LAB_KEYS, ckd_epi_2021, observations_to_values, panel
-from services.cds.model.diseases import BASELINE_LABS, BASELINE_ORDERS, DISEASES, NOISE_PHENOTYPES, Disease
-from services.cds.model.hpo import HpoProfile, load_profiles
+from training.cds.diseases import BASELINE_LABS, BASELINE_ORDERS, DISEASES, NOISE_PHENOTYPES, Disease
+from training.cds.hpo import HpoProfile, load_profiles
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medstream" / "cds"
 GENERATOR_VERSION = 2  # bump when generation changes, so caches keyed on the spec are not reused

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.cds.contract import CLASS_BY_KEY
+
 
 @dataclass(frozen=True)
 class Normal:
@@ -34,16 +36,29 @@ Distribution = Normal | LogNormal
 
 @dataclass(frozen=True)
 class Disease:
+    """A model class (services/cds/contract.py: name, disease id, rarity) with its synthetic presentation."""
+
     key: str
-    name: str
     weight: float  # share of the cohort
-    rare: bool = False
-    omim: int | None = None  # rare diseases: presentation from HPO annotations of this OMIM entry
     carebundle_profile: str = "healthy"  # background demographics and core labs
     phenotypes: tuple[tuple[str, float], ...] = ()  # (mention, frequency); "a|b" are synonyms
     labs: dict[str, Distribution] = field(default_factory=dict)  # overrides of the background value
     orders: dict[str, float] = field(default_factory=dict)  # probability that the lab was ordered
     age: tuple[int, int] = (45, 65)
+
+    @property
+    def name(self) -> str:
+        return CLASS_BY_KEY[self.key].name
+
+    @property
+    def rare(self) -> bool:
+        return CLASS_BY_KEY[self.key].rare
+
+    @property
+    def omim(self) -> int | None:
+        """Rare diseases: their presentation comes from the HPO annotations of this OMIM entry."""
+        disease_id = CLASS_BY_KEY[self.key].disease_id
+        return int(disease_id.removeprefix("OMIM:")) if disease_id else None
 
 
 # Background for labs that carebundle's panels do not cover, and for everyone's ordering habits.
@@ -100,7 +115,6 @@ NOISE_PHENOTYPES: tuple[str, ...] = (
 DISEASES: tuple[Disease, ...] = (
     Disease(
         "type2_diabetes",
-        "Type 2 diabetes mellitus",
         0.10,
         carebundle_profile="type2_diabetes",
         phenotypes=(
@@ -117,7 +131,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "hypertension",
-        "Essential hypertension",
         0.10,
         carebundle_profile="hypertension",
         phenotypes=(
@@ -131,7 +144,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "ckd_stage3",
-        "Chronic kidney disease stage 3",
         0.07,
         carebundle_profile="ckd_stage3",
         phenotypes=(
@@ -148,7 +160,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "iron_deficiency_anaemia",
-        "Iron-deficiency anaemia",
         0.07,
         carebundle_profile="anaemia",
         phenotypes=(
@@ -166,7 +177,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "community_acquired_pneumonia",
-        "Community-acquired pneumonia",
         0.06,
         phenotypes=(
             ("fever", 0.8),
@@ -182,7 +192,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "heart_failure",
-        "Heart failure",
         0.06,
         phenotypes=(
             ("breathless on exertion|exertional dyspnoea", 0.8),
@@ -206,7 +215,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "hypothyroidism",
-        "Primary hypothyroidism",
         0.06,
         phenotypes=(
             ("fatigue", 0.7),
@@ -224,7 +232,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "hyperthyroidism",
-        "Hyperthyroidism (Graves disease)",
         0.04,
         phenotypes=(
             ("weight loss", 0.6),
@@ -243,7 +250,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "copd",
-        "Chronic obstructive pulmonary disease",
         0.05,
         phenotypes=(
             ("chronic productive cough", 0.7),
@@ -259,7 +265,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "urinary_tract_infection",
-        "Urinary tract infection",
         0.06,
         phenotypes=(
             ("dysuria|burning on passing urine", 0.8),
@@ -276,7 +281,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "nafld",
-        "Non-alcoholic fatty liver disease",
         0.05,
         phenotypes=(
             ("obesity|BMI 34", 0.6),
@@ -290,7 +294,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "vitamin_b12_deficiency",
-        "Vitamin B12 deficiency anaemia",
         0.04,
         phenotypes=(
             ("fatigue", 0.6),
@@ -306,7 +309,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "gout",
-        "Gout",
         0.05,
         phenotypes=(
             ("acutely painful swollen big toe|first MTP joint swelling", 0.8),
@@ -320,7 +322,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "atrial_fibrillation",
-        "Atrial fibrillation",
         0.05,
         phenotypes=(
             ("palpitations", 0.7),
@@ -336,7 +337,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "rheumatoid_arthritis",
-        "Rheumatoid arthritis",
         0.04,
         phenotypes=(
             ("symmetrical pain in the small joints of the hands", 0.8),
@@ -356,7 +356,6 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "migraine",
-        "Migraine",
         0.06,
         phenotypes=(
             ("unilateral throbbing headache", 0.8),
@@ -371,40 +370,28 @@ DISEASES: tuple[Disease, ...] = (
     # Rare genetic diseases: presentations from HPO (phenotype.hpoa), labs invented here.
     Disease(
         "marfan_syndrome",
-        "Marfan syndrome",
         0.02,
-        rare=True,
-        omim=154700,
         labs={"nt_probnp": LogNormal(110, 0.8)},
         orders={"nt_probnp": 0.3},
         age=(15, 45),
     ),
     Disease(
         "fabry_disease",
-        "Fabry disease",
         0.015,
-        rare=True,
-        omim=301500,
         labs={"creatinine": LogNormal(1.5, 0.3), "uacr": LogNormal(250, 0.8), "nt_probnp": LogNormal(400, 0.8)},
         orders={"uacr": 0.7, "nt_probnp": 0.4},
         age=(20, 50),
     ),
     Disease(
         "wilson_disease",
-        "Wilson disease",
         0.015,
-        rare=True,
-        omim=277900,
         labs={"alt": LogNormal(85, 0.5), "ceruloplasmin": Normal(10, 4), "haemoglobin": Normal(12.5, 1.5)},
         orders={"ceruloplasmin": 0.65, "alt": 0.98},
         age=(12, 40),
     ),
     Disease(
         "gaucher_disease_type1",
-        "Gaucher disease type I",
         0.01,
-        rare=True,
-        omim=230800,
         labs={
             "platelets": Normal(95, 35),
             "haemoglobin": Normal(11.5, 1.5),
@@ -417,10 +404,7 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "hereditary_haemochromatosis",
-        "Hereditary haemochromatosis (HFE)",
         0.025,
-        rare=True,
-        omim=235200,
         labs={
             "ferritin": LogNormal(1100, 0.5),
             "transferrin_saturation": Normal(70, 12),
@@ -432,18 +416,12 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "ehlers_danlos_classic",
-        "Ehlers-Danlos syndrome, classic type",
         0.015,
-        rare=True,
-        omim=130000,
         age=(15, 45),
     ),
     Disease(
         "hht_type1",
-        "Hereditary haemorrhagic telangiectasia type 1",
         0.015,
-        rare=True,
-        omim=187300,
         labs={
             "haemoglobin": Normal(10.8, 1.8),
             "mcv": Normal(79, 6),
@@ -455,10 +433,7 @@ DISEASES: tuple[Disease, ...] = (
     ),
     Disease(
         "alport_syndrome_x_linked",
-        "Alport syndrome, X-linked",
         0.01,
-        rare=True,
-        omim=301050,
         labs={"creatinine": LogNormal(1.8, 0.4), "uacr": LogNormal(600, 0.7)},
         orders={"uacr": 0.8},
         age=(15, 45),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -10,17 +9,10 @@ from typing import cast
 import numpy as np
 import torch
 
+from services.cds.explanation import Contribution, sentences
 from services.cds.labs import PANEL
 
 Embed = Callable[[Sequence[str]], np.ndarray]
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-@dataclass(frozen=True)
-class Contribution:
-    feature: str  # lab key or note sentence
-    value: float | str  # the lab value (raw units) or the sentence text
-    contribution: float  # signed change in the explained class's probability
 
 
 @dataclass(frozen=True)
@@ -30,10 +22,6 @@ class Explanation:
     labs: tuple[Contribution, ...]  # the ordered labs, largest |contribution| first
     sentences: tuple[Contribution, ...]  # empty unless the note and an embedder were given
     labs_baseline_probability: float  # the same note with no labs at all: labs contributions sum to the difference
-
-
-def sentences(note: str) -> list[str]:
-    return [s for s in _SENTENCE.split(note.strip()) if s]
 
 
 def explain(

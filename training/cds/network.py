@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from services.cds.model.embedding import DIMENSIONS
+from services.cds.contract import EMBEDDING_DIM
 
 
 class CdsMultimodal(nn.Module):
@@ -35,7 +35,7 @@ class CdsMultimodal(nn.Module):
         self.lab_std = nn.Parameter(torch.tensor(list(lab_std), dtype=torch.float32), requires_grad=False)
         self.log_mask = nn.Parameter(torch.tensor(list(log_mask), dtype=torch.bool), requires_grad=False)
         self.head = nn.Sequential(
-            nn.Linear(DIMENSIONS + 2 * n_labs, hidden),
+            nn.Linear(EMBEDDING_DIM + 2 * n_labs, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden // 2),

@@ -2,7 +2,7 @@
 
 carebundle (offline, valid R4) gives each profile's patient, encounter, conditions, medications, labs and vitals;
 it writes no notes, so each case gets a DocumentReference whose text is rendered the way the training cohort's
-notes are (services/cds/model/cohort.py) for the profile's diagnosis. All of it is synthetic.
+notes are (training/cds/cohort.py) for the profile's diagnosis. All of it is synthetic.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from services.cds.model.cohort import REFERENCE_DATE, presentation, render_note
-from services.cds.model.diseases import DISEASES
-from services.cds.model.hpo import load_profiles
+from training.cds.cohort import REFERENCE_DATE, presentation, render_note
+from training.cds.diseases import DISEASES
+from training.cds.hpo import load_profiles
 
 PROFILES = ("healthy", "type2_diabetes", "hypertension", "ckd_stage3", "anaemia")
 # The training cohort's diagnosis each carebundle profile stands for (None: a routine check-up note).

@@ -2,7 +2,7 @@
 
 Compares three answers to class imbalance (plain cross-entropy, SMOTE on the fused features, focal loss),
 ships the one with the best validation macro-F1 as TorchScript, and measures int8 dynamic quantisation and
-explanation cost. Synthetic data only. Run as `python -m services.cds.model.training`.
+explanation cost. Synthetic data only. Run as `python -m training.cds.training`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.cds.contract import CDS_MULTIMODAL, CLASSES
+from services.cds.embedding import MODEL_ID, embed
 from services.cds.labs import PANEL
-from services.cds.model.cohort import DEFAULT_CACHE, Cohort, CohortSpec, generate
-from services.cds.model.diseases import DISEASES, RARE_KEYS
-from services.cds.model.embedding import MODEL_ID, embed
-from services.cds.model.explain import explain
-from services.cds.model.network import CdsMultimodal, fit_head, lab_statistics, predict_proba
+from training.cds.cohort import DEFAULT_CACHE, Cohort, CohortSpec, generate
+from training.cds.diseases import DISEASES, RARE_KEYS
+from training.cds.explain import explain
+from training.cds.network import CdsMultimodal, fit_head, lab_statistics, predict_proba
 
 __all__ = ["MODEL_NAME", "Evaluation", "main", "train"]
 
-MODEL_NAME = "cds_multimodal"
-REPOSITORY_MODEL_DIR = Path(__file__).resolve().parents[3] / "model_repository" / MODEL_NAME
+MODEL_NAME = CDS_MULTIMODAL.name
+REPOSITORY_MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
 VARIANTS = ("plain", "smote", "focal")
 ABLATIONS = ("note_only", "labs_only")  # plain cross-entropy with the other modality blanked
 TEST_FRACTION, VALIDATION_FRACTION = 0.25, 0.15
@@ -306,6 +307,13 @@ def train(
         )
         clock["measurements"] = time.perf_counter() - start
 
+    if list(cohort.labels) != [c.key for c in CLASSES]:
+        raise ValueError("the cohort's classes differ from the contract's (services/cds/contract.py CLASSES)")
+    inputs = {"NOTE_EMBEDDING": embeddings[:4].astype(np.float32), "LABS": labs[:4].astype(np.float32)}
+    CDS_MULTIMODAL.check_inputs(inputs)
+    with torch.no_grad():
+        probs = model(*(torch.from_numpy(a) for a in inputs.values())).numpy()
+    CDS_MULTIMODAL.check_outputs({"PROBS": probs})
     version_dir = out_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     labels_json = json.dumps(list(cohort.labels))

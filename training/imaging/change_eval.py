@@ -7,7 +7,7 @@ route's threshold and minimum volume); `priors.measure_change` then compares the
 baseline's. The same runs with candidates taken from the ground-truth masks on the model grid: an upper bound that
 shows what registration and matching alone achieve (their volumes still carry the 2.5 mm grid's error).
 
-`python -m services.imaging.change_eval` evaluates the exported model (`model_repository/lung_nodule/1/model.pt`,
+`python -m training.imaging.change_eval` evaluates the exported model (`model_repository/lung_nodule/1/model.pt`,
 not retrained) and stores the figures in `evaluation.json` under "change"; `make eval-imaging` retrains and does
 the same through `lung.run`.
 """
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.imaging import lung
 from services.imaging.postprocess import Candidate, Change, labelled_candidates
 from services.imaging.preprocess import Volume, register_rigid
 from services.imaging.priors import PriorFinding, PriorStudy, measure_change
-from services.imaging.synthetic_ct import Nodule as TrueNodule
-from services.imaging.synthetic_ct import SyntheticCT, generate_ct, generate_followup
-from services.imaging.training import Lesion, Sample, match
+from training.imaging import lung
+from training.imaging.synthetic_ct import Nodule as TrueNodule
+from training.imaging.synthetic_ct import SyntheticCT, generate_ct, generate_followup
+from training.imaging.training import Lesion, Sample, match
 
 NODULES_PER_PATIENT = 3
 
@@ -163,8 +163,11 @@ def summarise(scores: Sequence[PatientScore]) -> ChangeMetrics:
         return [abs(o.volume_change_pct - o.true_change_pct) for o in os if o.volume_change_pct is not None]
 
     grown = [o for o in itself if o.growth_factor > 1.0]
-    vdt = [abs(o.doubling_time_days - o.true_doubling_time_days) for o in grown
-           if o.doubling_time_days is not None and o.true_doubling_time_days is not None]  # fmt: skip
+    vdt = [
+        abs(o.doubling_time_days - o.true_doubling_time_days)
+        for o in grown
+        if o.doubling_time_days is not None and o.true_doubling_time_days is not None
+    ]
     registration = [o.registration_error_mm for o in outcomes]
     return ChangeMetrics(
         patients=len(scores),
@@ -224,14 +227,20 @@ def compare_studies(
     before: Study, after: Study, found_before: list[Candidate], found_after: list[Candidate], to_prior: np.ndarray
 ) -> PatientScore:
     days = float((after.ct.study_date - before.ct.study_date).days)
-    prior = PriorStudy(before.ct.study_instance_uid, before.ct.series_instance_uid, before.ct.study_date, (),
-                       tuple(PriorFinding(str(k), c) for k, c in enumerate(found_before)))  # fmt: skip
+    prior = PriorStudy(
+        before.ct.study_instance_uid,
+        before.ct.series_instance_uid,
+        before.ct.study_date,
+        (),
+        tuple(PriorFinding(str(k), c) for k, c in enumerate(found_before)),
+    )
     comparison = measure_change(after.grid, before.grid, found_after, prior, days)
     hits_before, _ = match(found_before, before.lesions, before.grid.spacing)
     hits_after, _ = match(found_after, after.lesions, after.grid.spacing)
     prior_index = [None if i is None else int(i) for i in comparison.prior_ids]
-    return score_patient(before.ct.nodules, after.ct.nodules, hits_before, hits_after, comparison.changes,
-                         prior_index, to_prior, days)  # fmt: skip
+    return score_patient(
+        before.ct.nodules, after.ct.nodules, hits_before, hits_after, comparison.changes, prior_index, to_prior, days
+    )
 
 
 def evaluate_change(
@@ -248,10 +257,20 @@ def evaluate_change(
             after = read_study(generate_followup(seed, n_nodules=NODULES_PER_PATIENT), Path(tmp) / f"{seed}-followup")
             # measure_change registers the same way (fixed sampling seed): this is its follow-up -> prior map.
             to_prior = np.linalg.inv(register_rigid(before.grid, after.grid).matrix)
-            model_scores.append(compare_studies(before, after, found(predict(before.sample), before.grid),
-                                                found(predict(after.sample), after.grid), to_prior))  # fmt: skip
-            truth_scores.append(compare_studies(before, after, found(before.truth_mask, before.grid),
-                                                found(after.truth_mask, after.grid), to_prior))  # fmt: skip
+            model_scores.append(
+                compare_studies(
+                    before,
+                    after,
+                    found(predict(before.sample), before.grid),
+                    found(predict(after.sample), after.grid),
+                    to_prior,
+                )
+            )
+            truth_scores.append(
+                compare_studies(
+                    before, after, found(before.truth_mask, before.grid), found(after.truth_mask, after.grid), to_prior
+                )
+            )
     seconds = time.perf_counter() - started
     log(f"change against the prior: {len(seeds)} baseline + follow-up pairs in {seconds:.0f} s")
     return {

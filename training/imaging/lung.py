@@ -1,9 +1,9 @@
 """Lung-nodule model: preprocessing, training on synthetic chest CT phantoms, held-out evaluation, export.
 
-Everything is synthetic (services/imaging/synthetic_ct.py): no chest CT data exists offline. Training volumes
+Everything is synthetic (training/imaging/synthetic_ct.py): no chest CT data exists offline. Training volumes
 come straight from the phantom generator; the held-out test series are written as multi-file DICOM and read
 back through the service's own path (pydicom -> load_series -> rescale -> this preprocessing), so evaluation
-exercises what production runs. `python -m services.imaging.lung` trains, evaluates and exports to
+exercises what production runs. `python -m training.imaging.lung` trains, evaluates and exports to
 model_repository/lung_nodule/1/ (`make eval-imaging` prints the figures; the change-against-prior ones come from
 change_eval.py).
 """
@@ -20,9 +20,10 @@ import numpy as np
 import pydicom
 import torch
 
-from services.imaging.preprocess import Volume, load_series, resample, rescale, window
-from services.imaging.synthetic_ct import Geometry, SyntheticCT, generate_ct, write_series
-from services.imaging.training import (
+from services.imaging.preprocess import Volume, load_series, resample, rescale
+from services.imaging.routes.lung_nodule import LUNG_NODULE, PATCH, ROUTE, SPACING, STRIDE, WINDOW, has_lung, prepare
+from training.imaging.synthetic_ct import Geometry, SyntheticCT, generate_ct, write_series
+from training.imaging.training import (
     Lesion,
     LesionMetrics,
     Sample,
@@ -35,19 +36,9 @@ from services.imaging.training import (
     train,
 )
 
-MODEL_NAME = "lung_nodule"
-SPACING = (2.5, 2.5, 2.5)  # mm (z, y, x): the grid the model sees (CPU budget: nodules < 5 mm are 1-2 voxels)
-PATCH, STRIDE = 32, 28
-WINDOW = (-600.0, 1500.0)  # lung window: -1350 .. 150 HU -> 0 .. 1
-THRESHOLD, MIN_VOLUME_MM3 = 0.5, 16.0
+MODEL_NAME = LUNG_NODULE.name
+THRESHOLD, MIN_VOLUME_MM3 = ROUTE.threshold, ROUTE.min_volume_mm3
 CHANNELS = (4, 16, 32)  # few full-resolution channels: they dominate the cost on CPU
-LUNG_RANGE = (0.15, 0.55)  # lung parenchyma in the lung window (-1125 .. -525 HU)
-
-
-def has_lung(patch: np.ndarray) -> bool:
-    """Whether a patch holds lung (at least 1 % of its voxels in the parenchyma range): others are skipped."""
-    inside = (patch > LUNG_RANGE[0]) & (patch < LUNG_RANGE[1])
-    return bool(inside.mean() >= 0.01)
 
 
 TRAIN_SEEDS = range(1000, 1048)
@@ -60,8 +51,13 @@ REPO = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
 
 def phantom_volume(ct: SyntheticCT) -> Volume:
     """The phantom as a Volume in HU with its LPS affine (what load_series + rescale yield for its DICOM)."""
-    return Volume(ct.volume_hu.astype(np.float32), geometry_affine(ct.geometry), geometry_spacing(ct.geometry),
-                  "CT", "MONOCHROME2")  # fmt: skip
+    return Volume(
+        ct.volume_hu.astype(np.float32),
+        geometry_affine(ct.geometry),
+        geometry_spacing(ct.geometry),
+        "CT",
+        "MONOCHROME2",
+    )
 
 
 def geometry_affine(g: Geometry) -> np.ndarray:
@@ -75,12 +71,6 @@ def geometry_spacing(g: Geometry) -> tuple[float, float, float]:
     return (sz, sy, sx)
 
 
-def prepare(hu: Volume) -> Volume:
-    """HU volume -> SPACING grid -> lung window, 0..1 float32: the model's input space."""
-    grid = resample(hu, SPACING, order=1, fill=-1024.0)
-    return Volume(window(grid.array, *WINDOW).astype(np.float32), grid.affine, grid.spacing, "CT", "MONOCHROME2")
-
-
 def lesions_on(grid: Volume, ct: SyntheticCT) -> list[Lesion]:
     inverse = np.linalg.inv(grid.affine)
     out = []
@@ -92,8 +82,9 @@ def lesions_on(grid: Volume, ct: SyntheticCT) -> list[Lesion]:
 
 def training_sample(ct: SyntheticCT) -> Sample:
     grid = prepare(phantom_volume(ct))
-    labels = Volume((ct.labels > 0).astype(np.float32), geometry_affine(ct.geometry), geometry_spacing(ct.geometry),
-                    "SEG", "")  # fmt: skip
+    labels = Volume(
+        (ct.labels > 0).astype(np.float32), geometry_affine(ct.geometry), geometry_spacing(ct.geometry), "SEG", ""
+    )
     mask = resample(labels, SPACING, order=1, fill=0.0).array >= 0.5
     return Sample(grid.array, mask.astype(np.float32), lesions_on(grid, ct), grid.spacing, grid.affine)
 
@@ -110,21 +101,32 @@ def predictor(model: torch.nn.Module):  # type: ignore[no-untyped-def]
     return lambda s: predict_volume(model, s.volume, PATCH, STRIDE, keep=has_lung)
 
 
-def run(out_dir: Path, steps: int, seed: int = 0, log=print, change: bool = True) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     train_samples = [training_sample(generate_ct(s, n_nodules=3)) for s in TRAIN_SEEDS]
     built = time.perf_counter() - started
     log(f"{len(train_samples)} training phantoms in {built:.0f} s; training {steps} steps")
-    model, report = train(train_samples, patch=PATCH, steps=steps, batch=4, seed=seed, channels=CHANNELS, lr=3e-3,
-                          positive_share=0.5, negative_keep=has_lung, log=log)  # fmt: skip
+    model, report = train(
+        train_samples,
+        patch=PATCH,
+        steps=steps,
+        batch=4,
+        seed=seed,
+        channels=CHANNELS,
+        lr=3e-3,
+        positive_share=0.5,
+        negative_keep=has_lung,
+        log=log,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         validation = [dicom_sample(generate_ct(s), Path(tmp) / str(s)) for s in VALIDATION_SEEDS]
         t0 = time.perf_counter()
         test = [dicom_sample(generate_ct(s), Path(tmp) / str(s)) for s in TEST_SEEDS]
         read_s = (time.perf_counter() - t0) / len(test)
     predict = predictor(model)
-    threshold, table = choose_operating_point([predict(s) for s in validation], validation, MAX_FP_PER_SCAN,
-                                              MIN_VOLUME_MM3)  # fmt: skip
+    threshold, table = choose_operating_point(
+        [predict(s) for s in validation], validation, MAX_FP_PER_SCAN, MIN_VOLUME_MM3
+    )
     calibrate(model, threshold)
     log(f"operating point {threshold} (validation sensitivity, FP/scan by threshold: {table})")
     t0 = time.perf_counter()
@@ -132,7 +134,7 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print, change: bool = True
     infer_s = (time.perf_counter() - t0) / len(test)
     evaluation: dict[str, object] = {
         "model": MODEL_NAME,
-        "data": "synthetic chest CT phantoms (services/imaging/synthetic_ct.py); no real CT",
+        "data": "synthetic chest CT phantoms (training/imaging/synthetic_ct.py); no real CT",
         "train_scans": len(train_samples),
         "train_nodules": sum(len(s.lesions) for s in train_samples),
         "test_scans": len(test),
@@ -148,11 +150,9 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print, change: bool = True
         "test": asdict(metrics),
         "seconds_per_test_series": {"dicom_read_and_preprocess": round(read_s, 2), "inference_cpu": round(infer_s, 2)},
     }
-    if change:
-        from services.imaging import change_eval  # builds on this module: imported here, not at the top
-
-        evaluation["change"] = change_eval.evaluate_change(predict, log=log)
-    export(model, out_dir / "1", {"name": MODEL_NAME, "patch": PATCH, "grid_mm": SPACING, "window": WINDOW})
+    export(
+        model, LUNG_NODULE, out_dir / "1", {"name": MODEL_NAME, "patch": PATCH, "grid_mm": SPACING, "window": WINDOW}
+    )
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     return evaluation
 
@@ -162,8 +162,8 @@ DEFAULT_STEPS = 1000
 
 def train_for_repository(target: Path) -> dict[str, object]:
     """What `medstream stack up` / `models train` call when the weights are missing (a few minutes on 2 cores;
-    without the ~2 minutes of change-against-prior figures, which `make eval-imaging` adds)."""
-    return run(target, DEFAULT_STEPS, change=False)
+    the change-against-prior figures come from change_eval.py, which `make eval-imaging` runs next)."""
+    return run(target, DEFAULT_STEPS)
 
 
 def main() -> None:

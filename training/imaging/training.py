@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.imaging.network import UNet3D, dice_loss, sliding_window
+from services.common.model_contract import ModelContract
+from services.imaging.patches import sliding_window
 from services.imaging.postprocess import Candidate, candidates
+from training.imaging.network import UNet3D, dice_loss
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,10 @@ def match(found: Sequence[Candidate], truth: Sequence[Lesion], spacing: Sequence
         for ti, t in enumerate(truth):
             if ti in hits:
                 continue
-            d = math.dist([a * s for a, s in zip(c.centre_voxel, spacing, strict=True)],
-                          [a * s for a, s in zip(t.centre_voxel, spacing, strict=True)])  # fmt: skip
+            d = math.dist(
+                [a * s for a, s in zip(c.centre_voxel, spacing, strict=True)],
+                [a * s for a, s in zip(t.centre_voxel, spacing, strict=True)],
+            )
             if d <= max(t.diameter_mm / 2, 4.0) and d < best_d:
                 best, best_d = ti, d
         if best is not None:
@@ -173,9 +177,11 @@ SIZE_BUCKETS = (("<6 mm", 0.0, 6.0), ("6-10 mm", 6.0, 10.0), (">=10 mm", 10.0, m
 
 
 def evaluate(
-    predict: Callable[[Sample], np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
+    predict: Callable[[Sample], np.ndarray],
+    samples: Sequence[Sample],
+    threshold: float = 0.5,
     min_volume_mm3: float = 8.0,
-) -> LesionMetrics:  # fmt: skip
+) -> LesionMetrics:
     total = detected = fps = 0
     errors: list[tuple[float, float]] = []
     per_bucket: dict[str, list[int]] = {name: [0, 0] for name, _, _ in SIZE_BUCKETS}
@@ -239,10 +245,16 @@ def calibrate(model: UNet3D, threshold: float) -> None:
         head -= math.log(threshold / (1 - threshold))
 
 
-def export(model: UNet3D, version_dir: Path, metadata: dict[str, object]) -> None:
-    """TorchScript with the training metadata inside (`metadata.json`), as the Triton python backend loads it."""
-    version_dir.mkdir(parents=True, exist_ok=True)
+def export(model: UNet3D, contract: ModelContract, version_dir: Path, metadata: dict[str, object]) -> None:
+    """TorchScript with the training metadata inside (`metadata.json`), as the Triton python backend loads it;
+    refused unless the model takes and gives what the route's contract says."""
+    [spec] = contract.inputs
+    patches = np.zeros((2, *spec.dims), dtype=np.float32)
+    contract.check_inputs({spec.name: patches})
     scripted = torch.jit.script(model.eval())
+    with torch.no_grad():
+        contract.check_outputs({contract.outputs[0].name: scripted(torch.from_numpy(patches)).numpy()})
+    version_dir.mkdir(parents=True, exist_ok=True)
     scripted.save(str(version_dir / "model.pt"), _extra_files={"metadata.json": json.dumps(metadata)})
 
 
@@ -251,7 +263,7 @@ def metrics_dict(metrics: LesionMetrics) -> dict[str, object]:
 
 
 def cli(description: str | None, run: Callable[[Path, int], dict[str, object]], out: Path, steps: int) -> None:
-    """`python -m services.imaging.<model>`: train, evaluate, export to `--out`, print the evaluation."""
+    """`python -m training.imaging.<model>`: train, evaluate, export to `--out`, print the evaluation."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)

@@ -44,7 +44,7 @@ def lab_attributions(
     n_steps: int = DEFAULT_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated gradients of p(target) per row from "no labs ordered" to the row's panel, as
-    services/cds/model/explain.py computes them with captum: (attributions [rows, labs], p(target | no labs) [rows]).
+    training/cds/explain.py computes them with captum: (attributions [rows, labs], p(target | no labs) [rows]).
 
     A lab's attribution is that of its z-score plus that of its ordered flag; they sum to p(panel) - p(no labs).
     All rows and steps go through the head as one forward and one backward pass.

@@ -46,7 +46,7 @@ class IcdEntry:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What `load` writes; the default is everything (`python -m services.cds.knowledge.measure --load` times it)."""
+    """What `load` writes; the default is everything (`python -m benchmarks.knowledge --load` times it)."""
 
     disease_ids: frozenset[str] | None = None  # None: every disease; else only these, and only their phenotypes
     min_disease_phenotypes: int = 1

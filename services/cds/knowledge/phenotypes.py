@@ -33,51 +33,201 @@ _NEXT_SECTION = re.compile(r"\n\s*\n|\n\s*[A-Z][A-Za-z /]{1,30}:")
 _AMBIGUOUS_WORDS = frozenset({"mole", "moles", "tall", "short", "small", "large", "pain", "abnormal", "wide"})
 
 NEGATION_PRE = (
-    "no", "not", "denies", "denied", "denying", "without", "negative for", "absence of", "absent", "no evidence of",
-    "no signs of", "no sign of", "no history of", "free of", "never had", "never", "neither", "nor", "ruled out",
-    "rules out", "not have", "did not have", "does not have", "no complaints of", "resolution of", "unremarkable for",
-)  # fmt: skip
-NEGATION_POST = ("ruled out", "is absent", "was absent", "are absent", "not seen", "not present", "negative",
-                 "was negative", "is negative", "unlikely", "excluded", "has resolved", "resolved")  # fmt: skip
+    "no",
+    "not",
+    "denies",
+    "denied",
+    "denying",
+    "without",
+    "negative for",
+    "absence of",
+    "absent",
+    "no evidence of",
+    "no signs of",
+    "no sign of",
+    "no history of",
+    "free of",
+    "never had",
+    "never",
+    "neither",
+    "nor",
+    "ruled out",
+    "rules out",
+    "not have",
+    "did not have",
+    "does not have",
+    "no complaints of",
+    "resolution of",
+    "unremarkable for",
+)
+NEGATION_POST = (
+    "ruled out",
+    "is absent",
+    "was absent",
+    "are absent",
+    "not seen",
+    "not present",
+    "negative",
+    "was negative",
+    "is negative",
+    "unlikely",
+    "excluded",
+    "has resolved",
+    "resolved",
+)
 PSEUDO_NEGATION = (
-    "no increase", "no change", "no significant change", "no further", "not only", "not necessarily", "no longer",
-    "without difficulty", "not certain if", "not certain whether", "gram negative", "not ruled out",
-    "cannot be ruled out", "can not be ruled out", "not been ruled out", "no interval change", "not clear",
-)  # fmt: skip
+    "no increase",
+    "no change",
+    "no significant change",
+    "no further",
+    "not only",
+    "not necessarily",
+    "no longer",
+    "without difficulty",
+    "not certain if",
+    "not certain whether",
+    "gram negative",
+    "not ruled out",
+    "cannot be ruled out",
+    "can not be ruled out",
+    "not been ruled out",
+    "no interval change",
+    "not clear",
+)
 HEDGE_PRE = (
-    "possible", "possibly", "probable", "probably", "suspected", "suspicion of", "suspicious for", "concern for",
-    "concerning for", "rule out", "r o", "cannot exclude", "cannot be excluded", "cannot be ruled out",
-    "not ruled out", "questionable", "question of", "likely", "may have", "might have", "could be", "differential",
-    "versus", "vs", "consistent with", "suggestive of", "worrisome for", "evaluate for", "evaluation for",
-)  # fmt: skip
+    "possible",
+    "possibly",
+    "probable",
+    "probably",
+    "suspected",
+    "suspicion of",
+    "suspicious for",
+    "concern for",
+    "concerning for",
+    "rule out",
+    "r o",
+    "cannot exclude",
+    "cannot be excluded",
+    "cannot be ruled out",
+    "not ruled out",
+    "questionable",
+    "question of",
+    "likely",
+    "may have",
+    "might have",
+    "could be",
+    "differential",
+    "versus",
+    "vs",
+    "consistent with",
+    "suggestive of",
+    "worrisome for",
+    "evaluate for",
+    "evaluation for",
+)
 FAMILY_MEMBERS = (
-    "mother", "father", "mom", "dad", "sister", "brother", "sibling", "siblings", "aunt", "uncle", "grandmother",
-    "grandfather", "grandparent", "grandparents", "cousin", "son", "daughter", "parent", "parents", "twin",
-    "maternal", "paternal", "relative", "relatives", "niece", "nephew",
-)  # fmt: skip
-FAMILY_PRE = ("family history of", "family history", "family hx", "fhx", "fh", "family members", "runs in the family",
-              *FAMILY_MEMBERS)  # fmt: skip
+    "mother",
+    "father",
+    "mom",
+    "dad",
+    "sister",
+    "brother",
+    "sibling",
+    "siblings",
+    "aunt",
+    "uncle",
+    "grandmother",
+    "grandfather",
+    "grandparent",
+    "grandparents",
+    "cousin",
+    "son",
+    "daughter",
+    "parent",
+    "parents",
+    "twin",
+    "maternal",
+    "paternal",
+    "relative",
+    "relatives",
+    "niece",
+    "nephew",
+)
+FAMILY_PRE = (
+    "family history of",
+    "family history",
+    "family hx",
+    "fhx",
+    "fh",
+    "family members",
+    "runs in the family",
+    *FAMILY_MEMBERS,
+)
 FAMILY_POST = (
-    *(f"{p} {m}" for p in ("in his", "in her", "in their", "in the", "in a", "in", "of his", "of her")
-      for m in FAMILY_MEMBERS),
-    "runs in the family", "in the family",
-)  # fmt: skip
+    *(
+        f"{p} {m}"
+        for p in ("in his", "in her", "in their", "in the", "in a", "in", "of his", "of her")
+        for m in FAMILY_MEMBERS
+    ),
+    "runs in the family",
+    "in the family",
+)
 # A relative who reports about the patient is not a relative's history.
 PSEUDO_FAMILY = tuple(
     phrase
     for m in FAMILY_MEMBERS
     for phrase in (
-        f"{m} reports", f"{m} reported", f"{m} states", f"{m} stated", f"{m} says", f"{m} notes", f"{m} noted",
-        f"{m} noticed", f"{m} is concerned", f"{m} brought", f"per {m}", f"per his {m}", f"per her {m}",
-        f"per the {m}", f"according to his {m}", f"according to her {m}", f"according to the {m}",
-        f"accompanied by his {m}", f"accompanied by her {m}", f"with his {m}", f"with her {m}",
+        f"{m} reports",
+        f"{m} reported",
+        f"{m} states",
+        f"{m} stated",
+        f"{m} says",
+        f"{m} notes",
+        f"{m} noted",
+        f"{m} noticed",
+        f"{m} is concerned",
+        f"{m} brought",
+        f"per {m}",
+        f"per his {m}",
+        f"per her {m}",
+        f"per the {m}",
+        f"according to his {m}",
+        f"according to her {m}",
+        f"according to the {m}",
+        f"accompanied by his {m}",
+        f"accompanied by her {m}",
+        f"with his {m}",
+        f"with her {m}",
     )
-)  # fmt: skip
+)
 TERMINATION = (
-    "but", "however", "although", "though", "yet", "except", "apart from", "aside from", "which", "who",
-    "secondary to", "due to", "because", "presents with", "presented with", "presenting with", "complains of",
-    "reports", "reported", "now has", "has developed", "developed", "patient has", "he has", "she has", "still",
-)  # fmt: skip
+    "but",
+    "however",
+    "although",
+    "though",
+    "yet",
+    "except",
+    "apart from",
+    "aside from",
+    "which",
+    "who",
+    "secondary to",
+    "due to",
+    "because",
+    "presents with",
+    "presented with",
+    "presenting with",
+    "complains of",
+    "reports",
+    "reported",
+    "now has",
+    "has developed",
+    "developed",
+    "patient has",
+    "he has",
+    "she has",
+    "still",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +287,11 @@ def build_matcher(onto: Ontology, root: str = PHENOTYPIC_ABNORMALITY) -> Matcher
         names[hpo_id] = term.name
         for rank, phrase in enumerate((term.name, *term.synonyms)):
             key = tuple(t.norm for t in tokenize(phrase))
-            if not key or len(key) > MAX_PHRASE_TOKENS or (len(key) == 1 and (len(key[0]) < 3 or key[0] in
-                                                                               _AMBIGUOUS_WORDS)):  # fmt: skip
+            if (
+                not key
+                or len(key) > MAX_PHRASE_TOKENS
+                or (len(key) == 1 and (len(key[0]) < 3 or key[0] in _AMBIGUOUS_WORDS))
+            ):
                 continue
             # 0 = preferred name, 1 = synonym: a term's name beats another term's synonym.
             seen = candidates.setdefault(key, {})
@@ -260,10 +413,12 @@ def extract_phenotypes(text: str, matcher: Matcher | None = None) -> list[Phenot
 
     def after(spans: list[tuple[int, int]], end: int) -> bool:
         return any(
-            s >= end and s - end < POST_WINDOW_TOKENS and sentence[s] == sentence[end - 1]
+            s >= end
+            and s - end < POST_WINDOW_TOKENS
+            and sentence[s] == sentence[end - 1]
             and not any(end <= t < s for t in termination)
             for s, _ in spans
-        )  # fmt: skip
+        )
 
     mentions = []
     for start, end, hpo_id in terms:

@@ -216,10 +216,15 @@ def explain(onto: Ontology, disease_id: str, terms: Sequence[str]) -> tuple[Phen
         d = disease_path[0]
         matches.append(
             PhenotypeMatch(
-                p, d, common, onto.ic[common], _relation(p, d, common), shortest_path_up(onto, p, common),
+                p,
+                d,
+                common,
+                onto.ic[common],
+                _relation(p, d, common),
+                shortest_path_up(onto, p, common),
                 disease_path,
             )
-        )  # fmt: skip
+        )
     return tuple(sorted(matches, key=lambda m: (-m.ic, m.patient_term)))
 
 
@@ -235,11 +240,15 @@ def rank(hpo_ids: Iterable[str], k: int = 10, index: Index | None = None) -> lis
     order = np.lexsort((np.arange(len(idx.disease_ids)), -backward, -forward))[:k]
     return [
         RankedDisease(
-            idx.disease_ids[row], idx.onto.diseases[idx.disease_ids[row]].name, float(forward[row]),
-            float(forward[row]), float(backward[row]), explain(idx.onto, idx.disease_ids[row], terms),
+            idx.disease_ids[row],
+            idx.onto.diseases[idx.disease_ids[row]].name,
+            float(forward[row]),
+            float(forward[row]),
+            float(backward[row]),
+            explain(idx.onto, idx.disease_ids[row], terms),
         )
         for row in order
-    ]  # fmt: skip
+    ]
 
 
 # -- The same over the loaded graph ------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import pytest
 
 from services.cds.knowledge.hpo import hpoa_version, parse_hpoa, parse_obo
 from services.cds.labs import LAB_INDEX, LAB_KEYS, ckd_epi_2021
-from services.cds.model.cohort import CohortSpec, build, presentation, render_note, sample_labs
-from services.cds.model.diseases import DISEASES, RARE_KEYS
-from services.cds.model.hpo import HpoProfile, Phenotype, parse_frequency, profiles
+from training.cds.cohort import CohortSpec, build, presentation, render_note, sample_labs
+from training.cds.diseases import DISEASES, RARE_KEYS
+from training.cds.hpo import HpoProfile, Phenotype, parse_frequency, profiles
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from services.cds.labs import LAB_INDEX, PANEL
-from services.cds.model.explain import explain, sentences
-from services.cds.model.network import CdsMultimodal, focal_loss, lab_statistics
+from training.cds.explain import explain, sentences
+from training.cds.network import CdsMultimodal, focal_loss, lab_statistics
 
 pytestmark = pytest.mark.unit
 N_LABS, N_CLASSES = len(PANEL), 6

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from services.cds.labs import PANEL
-from services.cds.model import training
-from services.cds.model.diseases import DISEASES
+from training.cds import training
+from training.cds.diseases import DISEASES
 
 pytestmark = pytest.mark.unit
 

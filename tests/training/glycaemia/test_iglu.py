@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from services.wearables.glycaemia import iglu
-from services.wearables.glycaemia.sequences import windows
+from training.glycaemia import iglu
+from training.glycaemia.sequences import windows
 
 pytestmark = pytest.mark.unit
 

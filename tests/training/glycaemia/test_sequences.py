@@ -3,12 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.wearables.glycaemia.sequences import (
+from training.glycaemia.sequences import (
     EVENT_READINGS,
     HORIZON,
     HYPO_MG_DL,
     WINDOW,
-    features_for_serving,
     to_grid,
     windows,
 )
@@ -84,12 +83,3 @@ def test_grid_interpolates_jittered_readings_and_keeps_long_gaps_empty():
     assert np.isnan(grid[7:9]).all()  # a 15-minute gap is not
     assert grid[6] == 130 and grid[10] == 150
     assert len(to_grid(np.array([]), np.array([]))) == 0
-
-
-def test_serving_features_are_the_raw_window_or_an_error():
-    x = features_for_serving([float(v) for v in range(100, 100 + WINDOW)])
-    assert x.dtype == np.float32 and x.shape == (WINDOW,) and x[0] == 100
-    with pytest.raises(ValueError):
-        features_for_serving([120.0] * (WINDOW - 1))
-    with pytest.raises(ValueError):
-        features_for_serving([120.0] * (WINDOW - 1) + [float("nan")])

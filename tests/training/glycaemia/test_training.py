@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.evaluation import auc_score
-from services.wearables.glycaemia.sequences import WINDOW
-from services.wearables.glycaemia.simulation import Cohort, generate
-from services.wearables.glycaemia.training import train
+from training.evaluation import auc_score
+from training.glycaemia.sequences import WINDOW
+from training.glycaemia.simulation import Cohort, generate
+from training.glycaemia.training import train
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.imaging import lung
-from services.imaging.change_eval import PatientScore, score_patient, summarise
 from services.imaging.postprocess import Candidate, Change
-from services.imaging.synthetic_ct import Nodule
+from training.imaging import lung
+from training.imaging.change_eval import PatientScore, score_patient, summarise
+from training.imaging.synthetic_ct import Nodule
 
 pytestmark = pytest.mark.unit
 DAYS = 90.0
@@ -44,8 +44,12 @@ def change(pct: float | None) -> Change:
 def scored() -> PatientScore:
     # N1 doubled, N2 stable, N3 grew 1.5x but was missed on the baseline, N4 grew 1.5x but measured as shrunk.
     before = [nodule(1, (0, 0, 0)), nodule(2, (50, 0, 0)), nodule(3, (0, 50, 0)), nodule(4, (0, 0, 50))]
-    after = [followup(before[0], 2.0), followup(before[1], 1.0), followup(before[2], 1.5, extra_z=1.0),
-             followup(before[3], 1.5)]  # fmt: skip
+    after = [
+        followup(before[0], 2.0),
+        followup(before[1], 1.0),
+        followup(before[2], 1.5, extra_z=1.0),
+        followup(before[3], 1.5),
+    ]
     # Baseline candidates: 0 = N1, 1 = N2, 2 = N4, 3 and 4 false positives.
     hits_before = {0: 0, 1: 1, 3: 2}
     # Follow-up candidates: 0 = N1, 1 = N2, 2 = N3, 3 = N4, 4 and 5 false positives; paired as below.

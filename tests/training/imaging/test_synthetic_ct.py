@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
-from services.imaging.synthetic_ct import (
+from training.imaging.synthetic_ct import (
     HU_MAX,
     HU_MIN,
     SyntheticCT,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.model_contract import ContractViolation, ModelContract, TensorSpec
 from services.imaging.postprocess import Candidate
-from services.imaging.training import (
+from training.imaging.training import (
     Lesion,
     Sample,
     calibrate,
@@ -47,8 +48,16 @@ def test_patches_have_the_asked_shape_and_positives():
 
 
 def test_training_learns_spheres(tmp_path):
-    model, report = train([toy(s) for s in range(4)], patch=16, steps=150, batch=4, seed=0, channels=(4, 8, 8),
-                          lr=1e-2, log=lambda _: None)  # fmt: skip
+    model, report = train(
+        [toy(s) for s in range(4)],
+        patch=16,
+        steps=150,
+        batch=4,
+        seed=0,
+        channels=(4, 8, 8),
+        lr=1e-2,
+        log=lambda _: None,
+    )
     assert report.final_loss < report.losses[0]
     validation, test = [toy(20), toy(21)], [toy(10), toy(11)]
     threshold, _ = choose_operating_point(
@@ -57,7 +66,17 @@ def test_training_learns_spheres(tmp_path):
     calibrate(model, threshold)  # the exported model's 0.5 is the chosen operating point
     metrics = evaluate(lambda s: predict_volume(model, s.volume, 16, 12), test)
     assert metrics.sensitivity >= 0.75 and metrics.false_positives_per_scan <= 2.0
-    export(model, tmp_path / "1", {"trained_on": "toy"})
+    toy_contract = ModelContract(
+        "toy",
+        (TensorSpec("PATCH", "float32", (1, 16, 16, 16)),),
+        (TensorSpec("PROB", "float32", (1, 16, 16, 16)),),
+        max_batch_size=4,
+    )
+    two_channels = ModelContract("toy", toy_contract.inputs, (TensorSpec("PROB", "float32", (2, 16, 16, 16)),), 4)
+    with pytest.raises(ContractViolation):  # a model that does not give what the contract says is not exported
+        export(model, two_channels, tmp_path / "wrong", {})
+    assert not (tmp_path / "wrong").exists()
+    export(model, toy_contract, tmp_path / "1", {"trained_on": "toy"})
     extra = {"metadata.json": ""}
     loaded = torch.jit.load(str(tmp_path / "1" / "model.pt"), _extra_files=extra)
     assert b'"toy"' in extra["metadata.json"]
