@@ -56,6 +56,9 @@ SERVING_WORKERS = [
     "services.fhir_gateway.app",
     "services.wearables_gateway.app",
     "services.graph_writer.app",
+    # decision support runs torch for its note embeddings, loaded when the worker warms up, not at import
+    "services.cds.app",
+    "services.cds.hooks",
 ]
 
 
