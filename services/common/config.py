@@ -48,7 +48,8 @@ class Settings(BaseSettings):
 
     # FHIR ingestion gateway: callers and their token hashes (YAML); default: the bundled dev file
     fhir_clients: Path | None = None
-    fhir_max_body_bytes: int = 4 * 1024 * 1024
+    fhir_max_body_bytes: int = 64 * 1024 * 1024  # a Synthea patient's whole record is a few MB, some tens of MB
+    fhir_max_resource_bytes: int = 900_000  # one Kafka record per resource, below the broker's 1 MiB default
 
     # Imaging (DICOM) gateway: DIMSE Storage SCP and DICOMweb STOW-RS
     dicom_ae_title: str = "MEDSTREAM"

@@ -81,6 +81,19 @@ class TransactionalPublisher:
             RESOURCES.labels(SERVICE, a.resource_type).inc()
 
 
+async def read_body(request: web.Request, limit: int) -> bytearray | None:
+    """The body, or None when it is over `limit` (read in chunks into one buffer: aiohttp's `read()` would keep a
+    second copy on the request for its lifetime)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 20):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 def outcome_response(status: int, issues: list[Issue]) -> web.Response:
     return web.json_response(operation_outcome(issues), status=status, content_type=FHIR_JSON)
 
@@ -90,7 +103,6 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
         return await asyncio.to_thread(kafka_ready, settings, 2.0)
 
     app = health_app({"kafka": ready})
-    app._client_max_size = settings.fhir_max_body_bytes
 
     async def receive(request: web.Request, expected_type: str | None) -> web.Response:
         if authenticate(request.headers.get("Authorization"), clients) is None:
@@ -101,16 +113,16 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
         if request.content_type not in (FHIR_JSON, "application/json"):
             REQUESTS.labels(SERVICE, "refused").inc()
             return outcome_response(415, [Issue("not-supported", f"Content-Type must be {FHIR_JSON}")])
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        body = await read_body(request, settings.fhir_max_body_bytes)
+        if body is None:
             REQUESTS.labels(SERVICE, "refused").inc()
             return outcome_response(413, [Issue("too-costly", f"body over {settings.fhir_max_body_bytes} bytes")])
         doc, issues = parse_json(body)
+        del body  # the parsed document is the one copy kept from here on
         if issues:
             REQUESTS.labels(SERVICE, "invalid").inc()
             return outcome_response(400, issues)
-        checked = check_body(doc, expected_type)
+        checked = check_body(doc, expected_type, settings.fhir_max_resource_bytes)
         if checked.issues:
             REQUESTS.labels(SERVICE, "invalid").inc()
             return outcome_response(422, checked.issues)

@@ -3,6 +3,7 @@ OperationOutcome."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -13,26 +14,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from medstream.events.v1 import fhir_pb2
 from pydantic import ValidationError
 
-# Resource types decision support consumes; anything else is refused rather than silently ignored.
-ACCEPTED_TYPES = frozenset(
-    {
-        "Patient",
-        "Observation",
-        "Condition",
-        "MedicationRequest",
-        "MedicationStatement",
-        "Encounter",
-        "DocumentReference",
-        "DiagnosticReport",
-        "AllergyIntolerance",
-        "Procedure",
-        # Shared resources a transaction Bundle brings along (the performer of a lab): accepted and published,
-        # keyed by their own reference since they belong to no patient.
-        "Practitioner",
-        "Organization",
-    }
-)
-PATIENTLESS_TYPES = frozenset({"Practitioner", "Organization"})
+# Where a resource names the patient whose record it belongs to (the Patient compartment's usual parameters):
+# the first of these that references a Patient keys the resource's events by that patient.
+PATIENT_ELEMENTS = ("subject", "patient", "beneficiary")
+DEFAULT_MAX_RESOURCE_BYTES = 900_000  # below Kafka's default 1 MiB record limit, with room for headers
+_EVENT_NAMESPACE = uuid.UUID("5b0e7c1a-2f43-4c8e-9d1b-7a6e3f2c9b40")
 _REFERENCE = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,64}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -48,13 +34,20 @@ class Issue:
 class Accepted:
     resource_type: str
     resource_id: str
-    patient_reference: str  # "" for Practitioner / Organization
+    patient_reference: str  # "" for a resource outside any patient's record (Practitioner, Organization, ...)
     resource: dict[str, Any]
+    resource_json: bytes  # the resource as published, serialised once
 
     @property
     def key(self) -> str:
         """Kafka key: the patient, so a patient's events stay in order; a shared resource's own reference."""
         return self.patient_reference or f"{self.resource_type}/{self.resource_id}"
+
+    @property
+    def event_id(self) -> str:
+        """The same resource content gives the same event id, so a re-sent bundle is recognisable downstream."""
+        digest = hashlib.sha256(self.resource_json).hexdigest()
+        return str(uuid.uuid5(_EVENT_NAMESPACE, f"{self.resource_type}/{self.resource_id}|{digest}"))
 
 
 @dataclass
@@ -78,7 +71,7 @@ def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     }
 
 
-def parse_json(body: bytes) -> tuple[Any, list[Issue]]:
+def parse_json(body: bytes | bytearray) -> tuple[Any, list[Issue]]:
     try:
         return json.loads(body), []
     except (ValueError, UnicodeDecodeError) as exc:
@@ -86,12 +79,17 @@ def parse_json(body: bytes) -> tuple[Any, list[Issue]]:
 
 
 def patient_reference(resource: dict[str, Any]) -> str | None:
+    """The Patient reference that puts the resource in a patient's record, or None (a shared resource)."""
     if resource.get("resourceType") == "Patient":
         return f"Patient/{resource['id']}"
-    for key in ("subject", "patient"):
+    for key in PATIENT_ELEMENTS:
         ref = resource.get(key)
-        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-            return str(ref["reference"])
+        target = ref.get("reference") if isinstance(ref, dict) else None
+        # A Patient here, or elsewhere (another server, an unresolved urn): the caller refuses what is not local.
+        if isinstance(target, str) and (
+            target.startswith("Patient/") or "/Patient/" in target or target.startswith("urn:")
+        ):
+            return target
     return None
 
 
@@ -104,16 +102,20 @@ def null_paths(value: Any, path: str) -> list[str]:
     return []
 
 
-def check_resource(resource: Any, path: str = "") -> tuple[Accepted | None, list[Issue]]:
-    """Validate one resource; give it a server id when it has none (a create)."""
+def check_resource(
+    resource: Any, path: str = "", max_bytes: int = DEFAULT_MAX_RESOURCE_BYTES
+) -> tuple[Accepted | None, list[Issue]]:
+    """Validate one resource of any R4 type; give it a server id when it has none (a create)."""
     prefix = f"{path}." if path else ""
     if not isinstance(resource, dict):
         return None, [Issue("structure", "a resource must be a JSON object", path or "$")]
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return None, [Issue("required", "resourceType is required", f"{prefix}resourceType")]
-    if rtype not in ACCEPTED_TYPES:
-        return None, [Issue("not-supported", f"resource type {rtype!r} is not accepted here", f"{prefix}resourceType")]
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, AttributeError, ValueError):  # fhir.resources answers an unknown name with any of these
+        return None, [Issue("not-supported", f"{rtype!r} is not a FHIR resource type", f"{prefix}resourceType")]
     if "id" in resource and (not isinstance(resource["id"], str) or not _ID.match(resource["id"])):
         return None, [Issue("value", "id must be 1-64 characters of [A-Za-z0-9-.]", f"{prefix}id")]
     nulls = null_paths(resource, path or rtype)
@@ -123,7 +125,7 @@ def check_resource(resource: Any, path: str = "") -> tuple[Accepted | None, list
         ]
     resource = {**resource, "id": resource.get("id") or str(uuid.uuid4())}
     try:
-        get_fhir_model_class(rtype).model_validate(resource)
+        model.model_validate(resource)
     except ValidationError as exc:
         return None, [
             Issue(
@@ -135,16 +137,14 @@ def check_resource(resource: Any, path: str = "") -> tuple[Accepted | None, list
         ]
     except (ValueError, TypeError) as exc:
         return None, [Issue("invalid", str(exc)[:500], rtype)]
-    if rtype in PATIENTLESS_TYPES:
-        return Accepted(rtype, resource["id"], "", resource), []
     ref = patient_reference(resource)
-    if rtype != "Patient":
-        if ref is None:
-            return None, [Issue("required", "subject (or patient) must reference a Patient", f"{rtype}.subject")]
-        if not _REFERENCE.match(ref):
-            return None, [Issue("value", f"reference {ref[:80]!r} is not Patient/<id>", f"{rtype}.subject.reference")]
-    assert ref is not None
-    return Accepted(rtype, resource["id"], ref, resource), []
+    if ref is not None and not _REFERENCE.match(ref):
+        return None, [Issue("value", f"reference {ref[:80]!r} is not Patient/<id>", f"{rtype}.subject.reference")]
+    encoded = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(encoded) > max_bytes:
+        # One Kafka record per resource: a larger one would be refused by the broker after the caller was told OK.
+        return None, [Issue("too-costly", f"resource of {len(encoded)} bytes is over {max_bytes}", path or rtype)]
+    return Accepted(rtype, resource["id"], ref or "", resource, encoded), []
 
 
 _ABSOLUTE = re.compile(r"^https?://.+/(?P<ref>[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -176,33 +176,38 @@ def _entry_reference(entry: dict[str, Any]) -> tuple[str, str] | None:
     return full_url, f"{rtype}/{resource_id}"
 
 
-def _rewrite(value: Any, references: dict[str, str]) -> Any:
+def _rewrite(value: Any, references: dict[str, str]) -> None:
+    """Rewrite references to other entries in place (the parsed request is ours: no second copy of a large bundle)."""
     if isinstance(value, dict):
-        out = {k: _rewrite(v, references) for k, v in value.items()}
-        ref = out.get("reference")
+        ref = value.get("reference")
         if isinstance(ref, str):
             if ref in references:
-                out["reference"] = references[ref]
+                value["reference"] = references[ref]
             elif m := _ABSOLUTE.match(ref):
-                out["reference"] = m["ref"]
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, references) for v in value]
-    return value
+                value["reference"] = m["ref"]
+        for v in value.values():
+            if isinstance(v, dict | list):
+                _rewrite(v, references)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, dict | list):
+                _rewrite(v, references)
 
 
 def resolve_references(doc: dict[str, Any]) -> dict[str, Any]:
     """A batch/transaction Bundle with its entries' ids assigned and `urn:uuid:` / absolute references to other
-    entries rewritten as local `Type/id` references (FHIR R4 3.1.0.11.3: transaction processing rules)."""
-    entries = [
-        dict(e, resource=dict(e["resource"])) if isinstance(e, dict) and isinstance(e.get("resource"), dict) else e
-        for e in doc.get("entry", [])
-    ]
-    references = dict(filter(None, (_entry_reference(e) for e in entries if isinstance(e, dict))))
-    return {**doc, "entry": [_rewrite(e, references) if isinstance(e, dict) else e for e in entries]}
+    entries rewritten as local `Type/id` references (FHIR R4 3.1.0.11.3: transaction processing rules). Changes
+    `doc` in place and returns it."""
+    entries = [e for e in doc.get("entry", []) if isinstance(e, dict)]
+    references = dict(filter(None, (_entry_reference(e) for e in entries)))
+    for entry in entries:
+        _rewrite(entry, references)
+    return doc
 
 
-def check_body(doc: Any, expected_type: str | None = None) -> Checked:
+def check_body(
+    doc: Any, expected_type: str | None = None, max_resource_bytes: int = DEFAULT_MAX_RESOURCE_BYTES
+) -> Checked:
     """A single resource, or a batch/transaction Bundle (all entries valid or nothing accepted)."""
     out = Checked()
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
@@ -224,14 +229,14 @@ def check_body(doc: Any, expected_type: str | None = None) -> Checked:
             resource = entry["resource"]
             if isinstance(resource, dict) and resource.get("resourceType") in ("SubscriptionStatus", "Parameters"):
                 continue
-            accepted, issues = check_resource(resource, f"Bundle.entry[{i}].resource")
+            accepted, issues = check_resource(resource, f"Bundle.entry[{i}].resource", max_resource_bytes)
             out.issues += issues
             if accepted:
                 out.accepted.append(accepted)
         if out.issues:
             out.accepted = []  # all or nothing
         return out
-    accepted, issues = check_resource(doc)
+    accepted, issues = check_resource(doc, max_bytes=max_resource_bytes)
     if accepted and expected_type and accepted.resource_type != expected_type:
         issues = [
             Issue("invalid", f"URL names {expected_type} but the body is {accepted.resource_type}", "resourceType")
@@ -249,14 +254,14 @@ def to_event(a: Accepted, received_at_ns: int, bundle_id: str = "") -> fhir_pb2.
     ts = Timestamp()
     ts.FromNanoseconds(received_at_ns)
     return fhir_pb2.FhirResourceEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=a.event_id,
         resource_type=a.resource_type,
         resource_id=a.resource_id,
         patient_reference=a.patient_reference,
         operation=fhir_pb2.FHIR_OPERATION_UPDATE
         if a.resource.get("meta", {}).get("versionId")
         else fhir_pb2.FHIR_OPERATION_CREATE,
-        resource_json=json.dumps(a.resource, separators=(",", ":")).encode(),
+        resource_json=a.resource_json,
         received_at=ts,
         bundle_id=bundle_id,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from medstream.events.v1 import fhir_pb2
 
+from services.cli.population import generate, replay
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import FHIR_EVENTS
 from tests.conftest import ServiceProcess, unique, wait_for
@@ -58,3 +60,27 @@ def test_invalid_bundle_publishes_nothing(local_stack, gateway):
     assert not [
         k for k, _, _ in read_records(local_stack, FHIR_EVENTS.name, before) if k == f"Patient/{patient}".encode()
     ]
+
+
+def test_a_synthea_population_replays_whole_and_a_resent_bundle_repeats_its_event_ids(local_stack, gateway, tmp_path):
+    """Synthea patients' records (every R4 resource type they hold, thousands of entries per bundle) are accepted
+    whole, one record per resource; sending them again (a client retry) yields the same event ids."""
+    paths = generate(2, seed=7, out_dir=tmp_path)
+    entries = sum(len(json.loads(p.read_bytes())["entry"]) for p in paths)
+    url = f"http://127.0.0.1:{PORT}"
+
+    def published(since: dict[int, int]) -> list[fhir_pb2.FhirResourceEvent]:
+        return [
+            fhir_pb2.FhirResourceEvent.FromString(v) for _, v, _ in read_records(local_stack, FHIR_EVENTS.name, since)
+        ]
+
+    before = end_offsets(local_stack, FHIR_EVENTS.name)
+    first = asyncio.run(replay(paths, url))
+    assert first.refused == [] and first.bundles == 2 and first.accepted == entries > 1000
+    assert {"Claim", "ExplanationOfBenefit", "Immunization", "Encounter"} <= set(first.resource_types)
+    between = end_offsets(local_stack, FHIR_EVENTS.name)
+    events = published(before)
+    assert len(events) == entries and len({e.event_id for e in events}) == entries
+    again = asyncio.run(replay(paths, url))
+    assert again.refused == [] and again.accepted == entries
+    assert {e.event_id for e in published(between)} == {e.event_id for e in events}
