@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.model_contract import ModelContract
+from services.common.model_contract import ModelContract, TensorSpec
 from services.imaging.dicom_outputs import Kind
 from services.imaging.postprocess import Candidate
 from services.imaging.preprocess import Volume
@@ -58,8 +58,20 @@ class Route:
     alert: AlertRule | None
     display_window: Callable[[Volume], tuple[float, float]]  # key-image window (centre, width)
 
+    def __post_init__(self) -> None:
+        if self.contract.inputs[0].dims != (1, self.patch, self.patch, self.patch):
+            raise ValueError(f"route {self.name}: its contract does not take {self.patch}^3 patches")
+
     def selects(self, modality: str, text: str) -> bool:
         return modality == self.modality and any(word in text for word in self.body_parts)
+
+
+def patch_contract(name: str, patch: int, max_batch_size: int = 32) -> ModelContract:
+    """The contract every segmentation route's model has: one-channel cubes in, a probability per voxel out."""
+    cube = TensorSpec("PATCH", "float32", (1, patch, patch, patch))
+    return ModelContract(
+        name, inputs=(cube,), outputs=(TensorSpec("PROB", "float32", cube.dims),), max_batch_size=max_batch_size
+    )
 
 
 def _registry(routes: Iterable[Route]) -> dict[str, Route]:

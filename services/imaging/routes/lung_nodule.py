@@ -8,23 +8,17 @@ from medstream.events.v1 import finding_pb2
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from services.common.model_contract import ModelContract, TensorSpec
 from services.imaging.dicom_outputs import Kind
 from services.imaging.postprocess import Candidate
 from services.imaging.preprocess import WINDOWS, Volume, resample, window
-from services.imaging.routes import Coding, Route
+from services.imaging.routes import Coding, Route, patch_contract
 
 SPACING = (2.5, 2.5, 2.5)  # mm (z, y, x): the model's grid (CPU budget: nodules < 5 mm are 1-2 voxels)
 PATCH, STRIDE = 32, 28
 WINDOW = WINDOWS["lung"]  # -1350 .. 150 HU -> 0 .. 1
 LUNG_RANGE = (0.15, 0.55)  # lung parenchyma in the lung window (-1125 .. -525 HU)
 
-LUNG_NODULE = ModelContract(
-    "lung_nodule",
-    inputs=(TensorSpec("PATCH", "float32", (1, PATCH, PATCH, PATCH)),),
-    outputs=(TensorSpec("PROB", "float32", (1, PATCH, PATCH, PATCH)),),
-    max_batch_size=32,
-)
+LUNG_NODULE = patch_contract("lung_nodule", PATCH)
 
 
 def prepare(hu: Volume) -> Volume:

@@ -9,21 +9,15 @@ from medstream.events.v1 import finding_pb2
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from services.common.model_contract import ModelContract, TensorSpec
 from services.imaging.dicom_outputs import Kind
 from services.imaging.preprocess import Volume, resample
-from services.imaging.routes import AlertRule, Coding, Route
+from services.imaging.routes import AlertRule, Coding, Route, patch_contract
 
 SPACING = (2.5, 2.5, 2.5)
 PATCH, STRIDE = 32, 24
 INFARCT = Code("55641003", "SCT", "Infarct")  # morphologic abnormality; not in pydicom's code dictionary
 
-STROKE_LESION = ModelContract(
-    "stroke_lesion",
-    inputs=(TensorSpec("PATCH", "float32", (1, PATCH, PATCH, PATCH)),),
-    outputs=(TensorSpec("PROB", "float32", (1, PATCH, PATCH, PATCH)),),
-    max_batch_size=32,
-)
+STROKE_LESION = patch_contract("stroke_lesion", PATCH)
 
 
 def prepare(volume: Volume) -> Volume:
