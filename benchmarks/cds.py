@@ -22,7 +22,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.wearables import row, stack_up, start, stop
-from services.cds.embedding import embed
+from services.common.sentences import embed
 from services.cds.engine import Engine
 from services.cds.state import PatientState, apply
 from services.common.config import Settings

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.cds import cards
 from services.cds.contract import CDS_MULTIMODAL
-from services.cds.embedding import embed
+from services.common.sentences import embed
 from services.cds.engine import Assessment, Engine
 from services.cds.graph import evidence_mutation, resource_mutation
 from services.cds.state import PatientState, apply, parse_event

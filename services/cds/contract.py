@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from services.cds.labs import PANEL
 from services.common.model_contract import ModelContract, TensorSpec
 
-EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 (services/cds/embedding.py)
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 (services/common/sentences.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.cds import cards
 from services.cds.contract import CDS_MULTIMODAL
-from services.cds.embedding import embed
+from services.common.sentences import embed
 from services.cds.engine import Engine
 from services.cds.state import PatientState, apply
 from services.common.auth import authenticate, load_clients

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.cds.contract import EMBEDDING_DIM
-from services.cds.embedding import embed
+from services.common.sentences import embed
 
 pytestmark = pytest.mark.unit
 

