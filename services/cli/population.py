@@ -78,7 +78,7 @@ async def replay(
     attempts: int = 20,
 ) -> Replay:
     """POST each bundle to `<gateway>/fhir/r4`; a 503 (Kafka away) or a lost connection is retried, since the
-    gateway recognises a re-sent bundle by its resources' content (same event ids)."""
+    gateway answers a re-sent bundle from its receipt without publishing it again."""
     result, slots = Replay(), asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
     started = time.perf_counter()

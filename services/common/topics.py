@@ -59,6 +59,31 @@ WEARABLE_RECEIPTS = TopicSpec(
     description="The gateway's answer per vendor batch, so a retried batch is not published twice.",
     compacted=True,
 )
+FHIR_RECEIPTS = TopicSpec(
+    "medstream.fhir.receipts.v1",
+    key="request digest",
+    value_type="medstream.events.v1.FhirRequestReceipt",
+    description="The FHIR gateway's record of each accepted request, in the transaction of its resources: a retry "
+    "is answered again, not republished.",
+    retention_ms=2 * DAY_MS,
+    compacted=True,
+)
+TRIAL_PROTOCOLS = TopicSpec(
+    "medstream.trials.protocols.v1",
+    key="trial_id",
+    value_type="JSON: medstream.trials.protocol.v1 (id, version, title, inclusion/exclusion free text)",
+    description="Trial protocols, new or amended; each is written to every partition so every matcher instance sees "
+    "it beside its own patients (`medstream trials publish`).",
+    retention_ms=365 * DAY_MS,
+    compacted=True,
+)
+TRIAL_MATCHES = TopicSpec(
+    "medstream.trials.matches.v1",
+    key="patient_id",
+    value_type="JSON: medstream.trials.match.v1 (per-criterion verdicts with evidence, score, unmet, unknown)",
+    description="Patient-trial eligibility, published when a patient's verdicts for a trial change.",
+    retention_ms=30 * DAY_MS,
+)
 VITALS_SNAPSHOTS = TopicSpec(
     "medstream.vitals.snapshots.v1",
     key="patient_id",
@@ -114,6 +139,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     FHIR_EVENTS,
     WEARABLE_SAMPLES,
     WEARABLE_RECEIPTS,
+    FHIR_RECEIPTS,
+    TRIAL_PROTOCOLS,
+    TRIAL_MATCHES,
     VITALS_SNAPSHOTS,
     FINDINGS,
     ALERTS,

@@ -2,19 +2,30 @@
 
 caller --(Bearer token)--> parse + validate (fhir.resources) --(invalid: 4xx + OperationOutcome, nothing published)
                         --> medstream.fhir.events.v1, keyed by Patient/<id>, in one Kafka transaction per request
+                            together with a receipt on medstream.fhir.receipts.v1
+
+Exactly once per request: the receipt (digest of the caller and the request's event ids, which derive from resource
+content) commits with the resources or not at all. Every replica reads the receipts topic at start and follows it,
+so a retry of a committed request, at this replica or another, is answered with the same response and publishes
+nothing. Two replicas receiving the same request in the same few milliseconds could both publish it; consumers
+still recognise the repeat by its event ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from google.protobuf.timestamp_pb2 import Timestamp
+from medstream.events.v1 import fhir_pb2
 from prometheus_client import Counter
 
 from services.common.auth import authenticate, load_clients
@@ -22,7 +33,7 @@ from services.common.config import Settings, get_settings
 from services.common.kafka import kafka_ready, record_headers
 from services.common.service import run_until_signalled
 from services.common.telemetry import configure_logging, health_app, http_server
-from services.common.topics import FHIR_EVENTS
+from services.common.topics import FHIR_EVENTS, FHIR_RECEIPTS
 from services.fhir_gateway.validation import Accepted, Issue, check_body, operation_outcome, parse_json, to_event
 
 SERVICE = "fhir-gateway"
@@ -31,14 +42,90 @@ DEV_CLIENTS = Path(__file__).resolve().parents[2] / "samples" / "fhir_clients.ya
 log = logging.getLogger(__name__)
 REQUESTS = Counter("medstream_fhir_requests_total", "FHIR requests", ["service", "outcome"])
 RESOURCES = Counter("medstream_fhir_resources_total", "FHIR resources published", ["service", "resource_type"])
+RETRIES = Counter("medstream_fhir_retries_total", "Requests answered from a receipt, nothing republished", ["service"])
 
 
 class Unavailable(RuntimeError):
     """Kafka did not take the transaction: the caller should retry."""
 
 
+def request_digest(client_id: str, accepted: Sequence[Accepted]) -> str:
+    """Same caller, same resources in the same order: same digest (event ids derive from resource content)."""
+    h = hashlib.sha256(client_id.encode())
+    for a in accepted:
+        h.update(b"\n" + a.event_id.encode())
+    return h.hexdigest()
+
+
+class ReceiptBook:
+    """The digests of committed requests: read from the receipts topic at start, then followed in a thread so
+    receipts written by other replicas are known too. One short string per request within the topic's retention."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._digests: set[str] = set()
+        self._lock = threading.Lock()
+        self._caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="fhir-receipts", daemon=True)
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            return digest in self._digests
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._digests)
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._digests.add(digest)
+
+    def start(self, timeout_s: float = 60.0) -> int:
+        """Read every receipt up to the current end (blocking), then keep following; the count read."""
+        self._thread.start()
+        if not self._caught_up.wait(timeout_s):
+            raise Unavailable(f"receipts topic not read within {timeout_s:.0f} s")
+        return len(self)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _follow(self) -> None:
+        consumer = Consumer(
+            {
+                **self._settings.kafka_client_config(),
+                "group.id": f"medstream-{SERVICE}-receipts",  # never committed: assignment is manual
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            metadata = consumer.list_topics(FHIR_RECEIPTS.name, timeout=30)
+            partitions = sorted(metadata.topics[FHIR_RECEIPTS.name].partitions)
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(FHIR_RECEIPTS.name, p), timeout=30)[1]
+                for p in partitions
+            }
+            consumer.assign([TopicPartition(FHIR_RECEIPTS.name, p, OFFSET_BEGINNING) for p in partitions])
+            while not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error() and msg.value():
+                    self.add(fhir_pb2.FhirRequestReceipt.FromString(msg.value()).digest)
+                if not self._caught_up.is_set():
+                    # Positions, not the last message seen: transaction markers occupy offsets too.
+                    done = consumer.position([TopicPartition(FHIR_RECEIPTS.name, p) for p in partitions])
+                    if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in done):
+                        self._caught_up.set()
+        except KafkaException:
+            log.exception("receipts follower stopped")
+        finally:
+            consumer.close()
+
+
 class TransactionalPublisher:
-    """All resources of one request in one Kafka transaction: consumers (read_committed) see all or none."""
+    """All resources of one request and its receipt in one Kafka transaction: consumers (read_committed) see all
+    or none, and a retry of a committed request is recognised by its receipt."""
 
     def __init__(self, settings: Settings) -> None:
         self._producer = Producer(
@@ -53,10 +140,19 @@ class TransactionalPublisher:
         )
         self._producer.init_transactions(30)
         self._lock = threading.Lock()
+        self.receipts = ReceiptBook(settings)
 
-    def _publish(self, accepted: list[Accepted], bundle_id: str) -> None:
+    def _publish(self, accepted: list[Accepted], bundle_id: str, client_id: str) -> bool:
         now = time.time_ns()
+        digest = request_digest(client_id, accepted)
         with self._lock:
+            if digest in self.receipts:
+                return False
+            received = Timestamp()
+            received.FromNanoseconds(now)
+            receipt = fhir_pb2.FhirRequestReceipt(
+                digest=digest, client_id=client_id, resources=len(accepted), received_at=received, bundle_id=bundle_id
+            )
             try:
                 self._producer.begin_transaction()
                 for a in accepted:
@@ -67,6 +163,7 @@ class TransactionalPublisher:
                         key=a.key.encode(),
                         headers=record_headers(event),  # type: ignore[arg-type]
                     )
+                self._producer.produce(FHIR_RECEIPTS.name, receipt.SerializeToString(), key=digest.encode())
                 self._producer.commit_transaction(30)
             except KafkaException as exc:
                 try:
@@ -74,11 +171,18 @@ class TransactionalPublisher:
                 except KafkaException:
                     pass
                 raise Unavailable(str(exc)) from exc
+            self.receipts.add(digest)
+            return True
 
-    async def publish(self, accepted: list[Accepted], bundle_id: str = "") -> None:
-        await asyncio.to_thread(self._publish, accepted, bundle_id)
-        for a in accepted:
-            RESOURCES.labels(SERVICE, a.resource_type).inc()
+    async def publish(self, accepted: list[Accepted], bundle_id: str = "", client_id: str = "") -> bool:
+        """Publish the request's resources; False when a receipt shows it was committed before (a retry)."""
+        published = await asyncio.to_thread(self._publish, accepted, bundle_id, client_id)
+        if published:
+            for a in accepted:
+                RESOURCES.labels(SERVICE, a.resource_type).inc()
+        else:
+            RETRIES.labels(SERVICE).inc()
+        return published
 
 
 async def read_body(request: web.Request, limit: int) -> bytearray | None:
@@ -105,7 +209,8 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
     app = health_app({"kafka": ready})
 
     async def receive(request: web.Request, expected_type: str | None) -> web.Response:
-        if authenticate(request.headers.get("Authorization"), clients) is None:
+        client_id = authenticate(request.headers.get("Authorization"), clients)
+        if client_id is None:
             REQUESTS.labels(SERVICE, "unauthenticated").inc()
             resp = outcome_response(401, [Issue("login", "missing or invalid bearer token")])
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -128,7 +233,7 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
             return outcome_response(422, checked.issues)
         bundle_id = str(doc.get("id", "")) if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" else ""
         try:
-            await publisher.publish(checked.accepted, bundle_id)
+            await publisher.publish(checked.accepted, bundle_id, client_id)
         except Unavailable:
             REQUESTS.labels(SERVICE, "unavailable").inc()
             resp = outcome_response(503, [Issue("transient", "event store unavailable, retry")])
@@ -171,9 +276,13 @@ def fhir_app(settings: Settings, clients: dict[str, str], publisher: Any) -> web
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     clients = load_clients(settings.fhir_clients or DEV_CLIENTS)
     publisher = await asyncio.to_thread(TransactionalPublisher, settings)
-    async with http_server(fhir_app(settings, clients, publisher), settings.http_host, settings.http_port):
-        log.info("fhir gateway started", extra={"clients": len(clients)})
-        await stop.wait()
+    receipts = await asyncio.to_thread(publisher.receipts.start)
+    try:
+        async with http_server(fhir_app(settings, clients, publisher), settings.http_host, settings.http_port):
+            log.info("fhir gateway started", extra={"clients": len(clients), "receipts": receipts})
+            await stop.wait()
+    finally:
+        publisher.receipts.close()
 
 
 def main() -> None:

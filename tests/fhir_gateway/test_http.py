@@ -44,8 +44,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.published: list[tuple[str, str, str]] = []
 
-    async def publish(self, accepted, bundle_id=""):
+    async def publish(self, accepted, bundle_id="", client_id=""):
         self.published += [(a.resource_type, a.patient_reference, bundle_id) for a in accepted]
+        return True
 
 
 @pytest.fixture
