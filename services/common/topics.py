@@ -71,7 +71,7 @@ FHIR_RECEIPTS = TopicSpec(
 TRIAL_PROTOCOLS = TopicSpec(
     "medstream.trials.protocols.v1",
     key="trial_id",
-    value_type="JSON: medstream.trials.protocol.v1 (id, version, title, inclusion/exclusion free text)",
+    value_type="medstream.events.v1.TrialProtocol",
     description="Trial protocols, new or amended; each is written to every partition so every matcher instance sees "
     "it beside its own patients (`medstream trials publish`).",
     retention_ms=365 * DAY_MS,
