@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch eval-wearables eval-cds eval-imaging kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch bench-research eval-research eval-wearables eval-cds eval-imaging kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -71,6 +71,13 @@ bench-imaging: setup  ## C-STORE vs dcmtk storescp, series-complete -> finding p
 
 bench-dispatch: setup  ## imaging dispatcher: report -> SEG/SR in a PACS p50/p99, burst objects/s vs dcmtk storescu
 	$(PY) -m benchmarks.dispatch
+
+bench-research: setup models  ## Synthea replay (gateway vs plain aiohttp), event -> trial matches, drug start -> ADR p50/p99, re-match 10k
+	$(PY) -m benchmarks.research
+
+eval-research: setup  ## trial matching vs keyword search on a Synthea population; ADR model vs rules per reaction
+	$(PY) -m training.research.trials_eval
+	$(PY) -m training.research.adr
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
 	$(PY) -m training.glycaemia.training

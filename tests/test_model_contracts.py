@@ -15,11 +15,12 @@ from services.cds.labs import PANEL
 from services.common.model_contract import ContractViolation, ModelContract
 from services.deterioration.contract import DETERIORATION_RISK, vitals_rows
 from services.imaging.routes import ROUTES
+from services.research.adr.contract import ADR_RISK
 from services.wearables.contract import GLYCAEMIA_RISK, WINDOW, cgm_rows
 
 pytestmark = pytest.mark.unit
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-CONTRACTS = [DETERIORATION_RISK, GLYCAEMIA_RISK, CDS_MULTIMODAL, *(r.contract for r in ROUTES.values())]
+CONTRACTS = [DETERIORATION_RISK, GLYCAEMIA_RISK, CDS_MULTIMODAL, ADR_RISK, *(r.contract for r in ROUTES.values())]
 
 
 def test_every_served_model_has_exactly_one_contract():
@@ -105,3 +106,34 @@ def test_imaging_routes_patches_meet_their_contract(name: str):
     with torch.no_grad():
         prob = UNet3D((4, 16, 32))(torch.from_numpy(tiles.patches[:2])).numpy()  # what training exports
     route.contract.check_outputs({"PROB": prob})
+
+
+def test_adr_features_and_network_meet_the_contract():
+    from services.research import timeline as tl
+    from services.research.adr.features import episode_inputs
+    from training.research.adr import AdrRisk
+
+    t = tl.from_resources(
+        [
+            ("Patient", {"resourceType": "Patient", "id": "p", "birthDate": "1950-01-01", "gender": "male"}),
+            (
+                "MedicationRequest",
+                {
+                    "resourceType": "MedicationRequest",
+                    "id": "m",
+                    "status": "active",
+                    "medicationCodeableConcept": {
+                        "coding": [{"system": tl.RXNORM, "code": "0", "display": "Simvastatin 20 MG Oral Tablet"}]
+                    },
+                    "authoredOn": "2020-01-01",
+                },
+            ),
+        ]
+    )
+    inputs = episode_inputs(t, t.medications["MedicationRequest/m"])  # what the service sends
+    ADR_RISK.check_inputs(inputs)
+    n_static = ADR_RISK.inputs[1].dims[0]
+    model = AdrRisk(torch.zeros(n_static), torch.ones(n_static)).eval()  # what training exports
+    with torch.no_grad():
+        risk, attention = model(*(torch.from_numpy(inputs[n]) for n in ADR_RISK.input_names))
+    ADR_RISK.check_outputs({"RISK": risk.numpy(), "ATTENTION": attention.numpy()})

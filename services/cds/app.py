@@ -17,13 +17,13 @@ from tritonclient.utils import InferenceServerException
 
 from services.cds import cards
 from services.cds.contract import CDS_MULTIMODAL
-from services.common.sentences import embed
 from services.cds.engine import Assessment, Engine
 from services.cds.graph import evidence_mutation, resource_mutation
 from services.cds.state import PatientState, apply, parse_event
 from services.common.config import Settings, get_settings
 from services.common.deadletter import VALIDATION_ERROR, SourceRecord
 from services.common.kafka import JsonDocument
+from services.common.sentences import embed
 from services.common.topics import CDS_SUGGESTIONS, FHIR_EVENTS, GRAPH_MUTATIONS
 from services.common.worker import Accepted, FaustWorker, Intake, Output, Step
 

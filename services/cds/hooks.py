@@ -22,11 +22,11 @@ from tritonclient.utils import InferenceServerException
 
 from services.cds import cards
 from services.cds.contract import CDS_MULTIMODAL
-from services.common.sentences import embed
 from services.cds.engine import Engine
 from services.cds.state import PatientState, apply
 from services.common.auth import authenticate, load_clients
 from services.common.config import Settings, get_settings
+from services.common.sentences import embed
 from services.common.service import run_until_signalled
 from services.common.telemetry import configure_logging, health_app, http_server
 from services.common.triton import TritonUnavailable, triton_client

@@ -40,6 +40,8 @@ SERVICES = {
     "imaging-gateway": "services.imaging_gateway.app",
     "imaging": "services.imaging.app",
     "imaging-dispatcher": "services.imaging_dispatcher.app",
+    "trial-matching": "services.research.trials.app",
+    "adverse-drug-reactions": "services.research.adr.app",
 }
 
 
@@ -312,3 +314,37 @@ def demo(timeout_s: float = 180.0) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+trials_app = typer.Typer(help="Clinical-trial protocols and the coordinator's candidate lists.", no_args_is_help=True)
+app.add_typer(trials_app, name="trials")
+
+
+@trials_app.command("publish")
+def trials_publish(
+    file: Annotated[Path | None, typer.Option(help="protocols JSON (default: the bundled set)")] = None,
+) -> None:
+    """Publish trial protocols (new or amended) to the trials topic, one copy per partition."""
+    from services.cli.trials import PROTOCOLS, load_protocols, publish
+
+    n = publish(get_settings(), load_protocols(file or PROTOCOLS))
+    console.print(f"{n} protocols published")
+
+
+@trials_app.command("candidates")
+def trials_candidates(
+    trial: Annotated[str, typer.Argument(help="trial id, e.g. MS-T001")],
+    limit: Annotated[int, typer.Option(help="at most this many")] = 25,
+) -> None:
+    """Ranked candidates for one trial (from the knowledge graph) and what is still unknown for each."""
+    import asyncio
+
+    from services.cli.trials import candidates
+
+    rows = asyncio.run(candidates(get_settings(), trial, limit))
+    table = Table("patient", "eligible", "score", "unknown", "still to check")
+    for c in rows:
+        table.add_row(
+            c.patient_id, "yes" if c.eligible else "pending", f"{c.score:.2f}", str(c.unknown), c.still_unknown
+        )
+    Console().print(table)

@@ -349,6 +349,7 @@ def model_trainers() -> dict[str, Callable[[Path], object]]:
     from training.cds import training as cds
     from training.glycaemia import training as glycaemia
     from training.imaging import lung, stroke
+    from training.research import adr
 
     return {
         deterioration.MODEL_NAME: deterioration.train,
@@ -356,6 +357,7 @@ def model_trainers() -> dict[str, Callable[[Path], object]]:
         cds.MODEL_NAME: cds.train,
         lung.MODEL_NAME: lung.train_for_repository,
         stroke.MODEL_NAME: stroke.train_for_repository,
+        adr.MODEL_NAME: adr.train,
     }
 
 

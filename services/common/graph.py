@@ -32,7 +32,10 @@ NODE_KEYS: dict[str, str] = {
     "Disease": "id",
     "Model": "key",
     "Device": "id",
+    "Trial": "id",
 }
+# Relationship types of which two nodes may hold several, told apart by this property (MERGEd on it).
+RELATIONSHIP_KEYS: dict[str, str] = {"AT_RISK_OF": "reaction"}
 INDEXES: dict[str, tuple[str, ...]] = {"Finding": ("kind",), "Alert": ("kind",)}
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -102,11 +105,13 @@ def node_statement(label: str, key: str) -> str:
 
 def relationship_statement(start_label: str, rel_type: str, end_label: str) -> str:
     a, b = _ident(start_label), _ident(end_label)
+    key = RELATIONSHIP_KEYS.get(rel_type)
+    merge_on = f" {{{_ident(key)}: row.props.{_ident(key)}}}" if key else ""
     return (
         f"UNWIND $rows AS row "
         f"MERGE (a:{a} {{{NODE_KEYS[a]}: row.start}}) SET a += row.start_props "
         f"MERGE (b:{b} {{{NODE_KEYS[b]}: row.end}}) SET b += row.end_props "
-        f"MERGE (a)-[r:{_ident(rel_type)}]->(b) SET r += row.props"
+        f"MERGE (a)-[r:{_ident(rel_type)}{merge_on}]->(b) SET r += row.props"
     )
 
 

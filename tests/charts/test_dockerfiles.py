@@ -36,7 +36,7 @@ class Stage:
         return [args for o, args in self.instructions if o == op]
 
 
-TORCH_IMAGES = {"decision-support", "cds-hooks"}
+TORCH_IMAGES = {"decision-support", "cds-hooks", "trial-matching"}
 
 
 def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:

@@ -19,6 +19,7 @@ from services.common.topics import (
     FHIR_EVENTS,
     FHIR_WRITEBACK,
     GRAPH_MUTATIONS,
+    TRIAL_PROTOCOLS,
     VITALS_SNAPSHOTS,
     WEARABLE_SAMPLES,
 )
@@ -40,6 +41,8 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "decision-support": (FHIR_EVENTS.name,),
     "imaging": (DICOM_INSTANCES.name, DICOM_SERIES.name),  # assembly, then analysis of its own completed series
     "imaging-dispatcher": (FHIR_WRITEBACK.name,),
+    "trial-matching": (FHIR_EVENTS.name, TRIAL_PROTOCOLS.name),
+    "adverse-drug-reactions": (FHIR_EVENTS.name,),
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -53,6 +56,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "imaging-gateway": (),
     "imaging": ("triton", "neo4j"),
     "imaging-dispatcher": (),
+    "trial-matching": (),
+    "adverse-drug-reactions": ("triton",),
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from services.cds.contract import CDS_MULTIMODAL, CLASSES
-from services.common.sentences import MODEL_ID, embed
 from services.cds.labs import PANEL
+from services.common.sentences import MODEL_ID, embed
 from training.cds.cohort import DEFAULT_CACHE, Cohort, CohortSpec, generate
 from training.cds.diseases import DISEASES, RARE_KEYS
 from training.cds.explain import explain
