@@ -76,7 +76,7 @@ bench-research: setup models  ## Synthea replay (gateway vs plain aiohttp), even
 	$(PY) -m benchmarks.research
 
 eval-research: setup  ## trial matching vs keyword search on a Synthea population; ADR model vs rules per reaction
-	$(PY) -m training.research.trials_eval
+	$(PY) -m training.research.trials_eval --patients 150 --seed 2025  # seed 42 was the development population
 	$(PY) -m training.research.adr
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces

@@ -36,9 +36,9 @@ from services.cli.trials import load_protocols, publish
 from services.common.config import Settings
 from services.common.deadletter import SourceRecord
 from services.common.topic_reader import end_offsets
-from services.common.topics import FINDINGS, TRIAL_MATCHES
+from services.common.topics import FHIR_EVENTS, FINDINGS, TRIAL_MATCHES
 from services.common.worker import Accepted
-from services.research.timeline import Timeline, from_bundle
+from services.research.timeline import from_bundle
 from services.research.trials.app import PatientTrials, Trials, handle_protocols, rematch
 
 GATEWAY, FLOOR, TRIALS, ADR = 18191, 18192, 18193, 18194
@@ -86,8 +86,12 @@ class FirstRecord:
 # ---------------------------------------------------------------- population replay
 def _floor_server(port: int) -> None:
     async def parse_only(request: web.Request) -> web.Response:
-        doc = json.loads(await request.read())
-        return web.json_response({"resourceType": "Bundle", "type": "transaction-response", "n": len(doc["entry"])})
+        doc = json.loads(await request.read())  # parse, and answer as a FHIR server would: one entry per resource
+        entries = [
+            {"response": {"status": "201 Created", "location": f"{e['resource']['resourceType']}/{i}"}}
+            for i, e in enumerate(doc["entry"])
+        ]
+        return web.json_response({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
 
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/fhir/r4", parse_only)
@@ -114,6 +118,18 @@ def bench_replay(paths: list[Path]) -> None:
 
 
 # ---------------------------------------------------------------- stream latencies
+def start_at_end(settings: Settings, group: str, topic: str) -> None:
+    """Commit `group`'s offsets at the topic's end, so a worker measures new events, not the stack's backlog (what
+    an operator does when a new service should begin with what arrives from now on)."""
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False})
+    try:
+        ends = end_offsets(settings, topic)
+        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in ends.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+
 def _bundle(*resources: dict[str, Any]) -> str:
     return json.dumps(
         {
@@ -253,13 +269,12 @@ def bench_rematch(paths: list[Path], patients: int) -> None:
     trials = Trials()
     for protocol in protocols:
         trials.update(protocol)
-    table: dict[str, str] = {}
-    for i in range(patients):
-        timeline = Timeline.from_json(bases[i % len(bases)].to_json())
-        timeline.patient_id = f"p{i}"
-        state = PatientTrials(timeline)
-        rematch(timeline.patient_id, state, trials.parsed.values(), None, 0)
-        table[f"Patient/p{i}"] = state.to_json()
+    packed = []
+    for base in bases:  # each distinct patient matched once; the table holds copies of its state under new ids
+        state = PatientTrials(base)
+        rematch(base.patient_id, state, trials.parsed.values(), None, 0)
+        packed.append(state.to_json())
+    table = {f"Patient/p{i}": packed[i % len(packed)] for i in range(patients)}
     amended = dict(protocols[0], version=int(protocols[0].get("version", 1)) + 1)
     msg = research_pb2.TrialProtocol(
         trial_id=amended["id"], version=amended["version"], protocol_json=json.dumps(amended).encode()
@@ -293,6 +308,8 @@ def main() -> None:
         procs = [start("fhir-gateway", GATEWAY, settings)]
         try:
             bench_replay(paths)
+            for service in ("trial-matching", "adverse-drug-reactions"):
+                start_at_end(settings, f"medstream-{service}", FHIR_EVENTS.name)
             procs.append(start("trial-matching", TRIALS, settings))
             procs.append(start("adverse-drug-reactions", ADR, settings))
             bench_matches(settings, args.events)

@@ -16,7 +16,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -199,24 +199,46 @@ class Timeline:
                 self.as_of = t
 
     # -- storage ---------------------------------------------------------------------------------------------------
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def to_raw(self) -> dict[str, Any]:
+        """JSON-ready, each entry as a row of its fields in `ENTRY_FIELDS` order (compact, and several times faster
+        than `dataclasses.asdict`, which dominated a re-match across many patients)."""
+        return {
+            "patient_id": self.patient_id,
+            "birth_date": self.birth_date,
+            "sex": self.sex,
+            "deceased": self.deceased,
+            "as_of": self.as_of,
+            "conditions": [_row(e) for e in self.conditions.values()],
+            "medications": [_row(e) for e in self.medications.values()],
+            "labs": {k: [_row(e) for e in v] for k, v in self.labs.items()},
+        }
 
     @classmethod
-    def from_json(cls, text: str | None) -> Timeline:
-        if not text:
-            return cls()
-        raw = json.loads(text)
+    def from_raw(cls, raw: Mapping[str, Any]) -> Timeline:
         return cls(
             patient_id=raw["patient_id"],
             birth_date=raw["birth_date"],
             sex=raw["sex"],
             deceased=raw["deceased"],
             as_of=raw["as_of"],
-            conditions={k: Entry(**v) for k, v in raw["conditions"].items()},
-            medications={k: Entry(**v) for k, v in raw["medications"].items()},
-            labs={k: [Entry(**e) for e in v] for k, v in raw["labs"].items()},
+            conditions={row[0]: Entry(*row) for row in raw["conditions"]},
+            medications={row[0]: Entry(*row) for row in raw["medications"]},
+            labs={k: [Entry(*row) for row in v] for k, v in raw["labs"].items()},
         )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_raw(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Timeline:
+        return cls.from_raw(json.loads(text)) if text else cls()
+
+
+ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+
+
+def _row(e: Entry) -> list[Any]:
+    return [e.id, e.system, e.code, e.display, e.start, e.end, e.status, e.value, e.unit, e.codes]
 
 
 def _condition(rid: str, resource: Mapping[str, Any]) -> Entry:

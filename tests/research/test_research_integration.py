@@ -323,3 +323,28 @@ def test_a_high_risk_statin_start_raises_an_adr_alert_and_a_graph_edge(local_sta
     rows = wait_for(lambda: graph_query(local_stack, edges, patient=high) or None, 60, what="AT_RISK_OF edge")
     assert {"reaction": "myopathy", "model": "adr_risk", "medication": "DB00641"} in rows
     assert graph_query(local_stack, edges, patient=low) == []
+
+
+def test_a_killed_matcher_resumes_from_its_state_and_loses_no_event(local_stack, services):
+    """SIGKILL the matcher after a patient became a candidate, send the event that rules them out while it is down,
+    restart it: the exclusion is published, which needs the diabetes and HbA1c the restarted worker recovered from
+    its changelog (the new event alone would not make the patient a candidate of anything)."""
+    pid = unique("dm-crash")
+    before = end_offsets(local_stack, TRIAL_MATCHES.name)
+    post(*diabetic(pid, 8.0))
+
+    def mine() -> dict:
+        return latest_matches(local_stack, before, {pid}).get((pid, "MS-T001"), {})
+
+    assert wait_for(mine, 120, what="a match for MS-T001")["eligible"]
+    matcher = services["trial-matching"]
+    matcher.kill()
+    post(
+        order(
+            pid, "insulin", "865098", "Insulin Lispro 100 UNT/ML Injectable Solution [Humalog]", "2024-11-01T00:00:00Z"
+        )
+    )
+    matcher.start()
+    wait_for(matcher.ready, 180, what="trial-matching ready after SIGKILL")
+    excluded = wait_for(lambda: m if (m := mine()).get("unmet") else None, 180, what="the exclusion after restart")
+    assert not excluded["eligible"] and any(u.startswith("MS-T001-E") for u in excluded["unmet"])

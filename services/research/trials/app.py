@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,25 +58,45 @@ def partition_of(key: str, partitions: int) -> int:
     return int(DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions))))
 
 
+class Matches(MutableMapping[str, Match]):
+    """Per trial, the last verdicts; a stored one is decoded only when read (an amendment reads one of ~40)."""
+
+    def __init__(self, raw: Mapping[str, Any] | None = None) -> None:
+        self._items: dict[str, Match | Mapping[str, Any]] = dict(raw or {})
+
+    def __getitem__(self, trial_id: str) -> Match:
+        item = self._items[trial_id]
+        if not isinstance(item, Match):
+            item = self._items[trial_id] = Match.from_raw(item)
+        return item
+
+    def __setitem__(self, trial_id: str, match: Match) -> None:
+        self._items[trial_id] = match
+
+    def __delitem__(self, trial_id: str) -> None:
+        del self._items[trial_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def to_raw(self) -> dict[str, Any]:
+        return {k: m.to_raw() if isinstance(m, Match) else m for k, m in self._items.items()}
+
+
 @dataclass
 class PatientTrials:
     """What the service keeps per patient: the timeline and, per trial, the last verdicts published."""
 
     timeline: Timeline = field(default_factory=Timeline)
-    matches: dict[str, Match] = field(default_factory=dict)
+    matches: Matches = field(default_factory=Matches)
     listed: set[str] = field(default_factory=set)  # trials this patient was a candidate for (graph edge written)
 
     def to_json(self) -> str:
-        return pack(
-            json.dumps(
-                {
-                    "timeline": self.timeline.to_json(),
-                    "matches": {k: m.to_json() for k, m in self.matches.items()},
-                    "listed": sorted(self.listed),
-                },
-                separators=(",", ":"),
-            )
-        )
+        raw = {"timeline": self.timeline.to_raw(), "matches": self.matches.to_raw(), "listed": sorted(self.listed)}
+        return pack(json.dumps(raw, separators=(",", ":")))
 
     @classmethod
     def from_json(cls, stored: str | None) -> PatientTrials:
@@ -84,11 +104,7 @@ class PatientTrials:
         if not text:
             return cls()
         raw = json.loads(text)
-        return cls(
-            Timeline.from_json(raw["timeline"]),
-            {k: Match.from_json(v) for k, v in raw["matches"].items()},
-            set(raw.get("listed", [])),
-        )
+        return cls(Timeline.from_raw(raw["timeline"]), Matches(raw["matches"]), set(raw.get("listed", [])))
 
 
 class Trials:

@@ -107,9 +107,15 @@ class Match:
             "unknown": list(self.unknown),
         }
 
+    def to_raw(self) -> dict[str, Any]:
+        return self._raw()
+
     @classmethod
     def from_json(cls, text: str) -> Match:
-        raw = json.loads(text)
+        return cls.from_raw(json.loads(text))
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> Match:
         return cls(
             raw["trial_id"],
             int(raw["version"]),
