@@ -6,6 +6,7 @@ they started. A failing integration test shows the tail of every component's log
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from services.cli import stack
 from services.common.config import Settings
+from services.common.graph import Graph
 from services.common.kafka import ensure_topics
 
 T = TypeVar("T")
@@ -151,3 +153,17 @@ def running(procs: dict[str, ServiceProcess], ready_s: float = 120) -> Iterator[
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+def graph_query(settings: Settings, query: str, **params: object) -> list[dict]:
+    """Rows of a Cypher query against the local Neo4j (integration tests' view of the graph)."""
+
+    async def go() -> list[dict]:
+        graph = Graph.connect(settings)
+        try:
+            records, _, _ = await graph.driver.execute_query(query, params, database_=graph.database)
+            return [dict(r) for r in records]
+        finally:
+            await graph.close()
+
+    return asyncio.run(go())

@@ -4,7 +4,6 @@ answers from the same engine; aborted gateway transactions are never read."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import random
@@ -21,12 +20,11 @@ from medstream.events.v1 import deadletter_pb2, fhir_pb2
 
 from services.cds.knowledge.loader import drug_dictionary, medication_rows
 from services.cds.knowledge.phenotypes import extract_phenotypes
-from services.common.graph import Graph
 from services.common.kafka import EventProducer, record_headers
 from services.common.topic_reader import end_offsets, read_messages, read_records
 from services.common.topics import CDS_SUGGESTIONS, DEAD_LETTERS, FHIR_EVENTS
 from services.fhir_gateway.validation import resolve_references
-from tests.conftest import ServiceProcess, running, wait_for
+from tests.conftest import ServiceProcess, graph_query, running, wait_for
 from training.cds.samples import PROFILES, case_bundle, patient_id
 
 pytestmark = pytest.mark.integration
@@ -66,18 +64,6 @@ def suggestions(settings, since: dict[int, int], patients: set[str]) -> list[dic
 
 def post(bundle: dict) -> httpx.Response:
     return httpx.post(f"http://127.0.0.1:{GATEWAY}/fhir/r4", content=json.dumps(bundle), headers=FHIR_AUTH, timeout=30)
-
-
-def graph_query(settings, query: str, **params) -> list[dict]:
-    async def go() -> list[dict]:
-        graph = Graph.connect(settings)
-        try:
-            records, _, _ = await graph.driver.execute_query(query, params, database_=graph.database)
-            return [dict(r) for r in records]
-        finally:
-            await graph.close()
-
-    return asyncio.run(go())
 
 
 def note_phenotypes(bundle: dict) -> int:

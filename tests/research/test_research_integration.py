@@ -17,12 +17,11 @@ from medstream.events.v1 import alert_pb2, fhir_pb2, finding_pb2
 
 from services.cli.population import generate, replay
 from services.cli.trials import candidates, load_protocols, publish
-from services.common.graph import Graph
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import ALERTS, FHIR_EVENTS, FHIR_WRITEBACK, FINDINGS, TRIAL_MATCHES
 from services.research.timeline import from_bundle
 from services.research.trials.app import PatientTrials, Trials, rematch
-from tests.conftest import ServiceProcess, running, unique, wait_for
+from tests.conftest import ServiceProcess, graph_query, running, unique, wait_for
 
 pytestmark = pytest.mark.integration
 GATEWAY, MATCHER, ADR, WRITER = 18121, 18122, 18123, 18124
@@ -47,18 +46,6 @@ def services(local_stack, protocols) -> Iterator[dict[str, ServiceProcess]]:
     }
     with running(procs, 180):
         yield procs
-
-
-def graph_query(settings, query: str, **params) -> list[dict]:
-    async def go() -> list[dict]:
-        graph = Graph.connect(settings)
-        try:
-            records, _, _ = await graph.driver.execute_query(query, params, database_=graph.database)
-            return [dict(r) for r in records]
-        finally:
-            await graph.close()
-
-    return asyncio.run(go())
 
 
 def latest_matches(settings, since, patients: set[str]) -> dict[tuple[str, str], dict]:
