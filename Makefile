@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch bench-research eval-research eval-wearables eval-cds eval-imaging kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch bench-research eval-research eval-drug eval-wearables eval-cds eval-imaging kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -78,6 +78,9 @@ bench-research: setup models  ## Synthea replay (gateway vs plain aiohttp), even
 eval-research: setup  ## trial matching vs keyword search on a Synthea population; ADR model vs rules per reaction
 	$(PY) -m training.research.trials_eval --patients 150 --seed 2025  # seed 42 was the development population
 	$(PY) -m training.research.adr
+
+eval-drug: setup  ## drug discovery, so far the screening floor: RF on Morgan fingerprints, scaffold vs random split (issue 12)
+	$(PY) -m training.drug.activity
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
 	$(PY) -m training.glycaemia.training
