@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,6 @@ def start_at_end(settings: Settings, group: str, topic: str) -> None:
         consumer.close()
 
 
-
 def _bundle(*resources: dict[str, Any]) -> str:
     return json.dumps(
         {
@@ -219,42 +219,36 @@ def statin_order(pid: str) -> dict[str, Any]:
     }
 
 
-def bench_matches(settings: Settings, n: int) -> None:
-    watcher = FirstRecord(settings, TRIAL_MATCHES.name)
+def first_record_latency(settings: Settings, topic: str, requests: Callable[[str], list[str]], n: int) -> list[float]:
+    """For n new patients one at a time (after 3 warm-ups): POST each of `requests(patient)` to the gateway, then
+    time from the last one's acceptance to the patient's first record on `topic`."""
+    watcher = FirstRecord(settings, topic)
     latencies = []
     try:
         with httpx.Client(timeout=60, headers=FHIR_AUTH) as client:
             for i in range(n + 3):
                 pid = f"bench-{uuid.uuid4().hex[:10]}"
-                client.post(f"http://127.0.0.1:{GATEWAY}/fhir/r4", content=_bundle(*diabetic(pid))).raise_for_status()
+                for body in requests(pid):
+                    client.post(f"http://127.0.0.1:{GATEWAY}/fhir/r4", content=body).raise_for_status()
                 accepted = time.time()
                 seen = watcher.wait(pid, timeout_s=600 if i == 0 else 120)  # the first waits out any backlog
-                if i >= 3:  # warm-up
-                    latencies.append(seen - accepted)
-    finally:
-        watcher.close()
-    row("patient event -> updated trial matches", ms(latencies), f"{n} new diabetic patients one at a time, all trials")
-
-
-def bench_adr(settings: Settings, n: int) -> None:
-    watcher = FirstRecord(settings, FINDINGS.name)
-    latencies = []
-    try:
-        with httpx.Client(timeout=60, headers=FHIR_AUTH) as client:
-            for i in range(n + 3):
-                pid = f"bench-{uuid.uuid4().hex[:10]}"
-                client.post(
-                    f"http://127.0.0.1:{GATEWAY}/fhir/r4", content=_bundle(*diabetic(pid, 1950))
-                ).raise_for_status()
-                client.post(
-                    f"http://127.0.0.1:{GATEWAY}/fhir/r4", content=_bundle(statin_order(pid))
-                ).raise_for_status()
-                accepted = time.time()
-                seen = watcher.wait(pid, timeout_s=600 if i == 0 else 120)
                 if i >= 3:
                     latencies.append(seen - accepted)
     finally:
         watcher.close()
+    return latencies
+
+
+def bench_matches(settings: Settings, n: int) -> None:
+    latencies = first_record_latency(settings, TRIAL_MATCHES.name, lambda pid: [_bundle(*diabetic(pid))], n)
+    row("patient event -> updated trial matches", ms(latencies), f"{n} new diabetic patients one at a time, all trials")
+
+
+def bench_adr(settings: Settings, n: int) -> None:
+    def requests(pid: str) -> list[str]:
+        return [_bundle(*diabetic(pid, 1950)), _bundle(statin_order(pid))]
+
+    latencies = first_record_latency(settings, FINDINGS.name, requests, n)
     row(
         "MedicationRequest -> ADR assessment published",
         ms(latencies),

@@ -290,6 +290,17 @@ def _medication(rid: str, resource: Mapping[str, Any]) -> Entry:
     )
 
 
+def event_resource(resource_json: bytes, resource_type: str) -> tuple[dict[str, Any] | None, str]:
+    """The resource a FHIR event carries, or None and why not (for the dead-letter topic)."""
+    try:
+        resource = json.loads(resource_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"resource_json is not JSON: {exc}"
+    if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+        return None, "resource_json does not hold a resource of the event's resource_type"
+    return resource, ""
+
+
 def pack(text: str) -> str:
     """State as stored in a table: deflated (a long history's timeline is hundreds of kB of repetitive JSON, and a
     changelog record must stay well under Kafka's 1 MB)."""

@@ -952,12 +952,91 @@ def table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _order(pid: str, rid: str, code: str, display: str, authored: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"{pid}-{rid}",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": tl.RXNORM, "code": code, "display": display}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "authoredOn": authored,
+    }
+
+
+def _stacked_case(pid: str, egfr: float, taking: list[dict[str, Any]], start: dict[str, Any]) -> tl.Timeline:
+    """An 80-year-old man with CKD stage 3 and the given eGFR, on `taking`, then `start`."""
+    ref = {"reference": f"Patient/{pid}"}
+    resources: list[dict[str, Any]] = [
+        {"resourceType": "Patient", "id": pid, "gender": "male", "birthDate": "1944-01-01"},
+        {
+            "resourceType": "Condition",
+            "id": f"{pid}-ckd",
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "code": {"coding": [{"system": tl.SNOMED, "code": "433144002"}]},
+            "subject": ref,
+            "onsetDateTime": "2019-02-01T00:00:00Z",
+        },
+        {
+            "resourceType": "Observation",
+            "id": f"{pid}-egfr",
+            "status": "final",
+            "code": {"coding": [{"system": tl.LOINC, "code": "33914-3"}]},
+            "subject": ref,
+            "effectiveDateTime": "2024-11-20T00:00:00Z",
+            "valueQuantity": {"value": egfr, "unit": "mL/min/{1.73_m2}", "code": "mL/min/{1.73_m2}"},
+        },
+        *taking,
+        start,
+    ]
+    return tl.from_resources((r["resourceType"], r) for r in resources)
+
+
+def stacked_risk_cases(model_dir: Path) -> str:
+    """The exported model on two hand-built starts that stack several of the rules' risk factors (the model card's
+    'rare strong combinations' paragraph; the second is the case tests/research/test_research_integration.py
+    alerts on). The rules would give both about 0.9."""
+    model = torch.jit.load(str(model_dir / "1" / "model.pt"))
+    cases = {
+        "acute-kidney-injury": _stacked_case(
+            "aki",
+            28,
+            [
+                _order("aki", "acei", "314076", "lisinopril 10 MG Oral Tablet", "2024-06-01T00:00:00Z"),
+                _order("aki", "hctz", "310798", "Hydrochlorothiazide 25 MG Oral Tablet", "2024-06-01T00:00:00Z"),
+            ],
+            _order("aki", "start", "197806", "Ibuprofen 800 MG Oral Tablet", "2024-12-01T00:00:00Z"),
+        ),
+        "myopathy": _stacked_case(
+            "myo",
+            40,
+            [
+                _order("myo", "cla", "197517", "clarithromycin 500 MG Oral Tablet", "2024-11-28T00:00:00Z"),
+                _order("myo", "fib", "310288", "Gemfibrozil 600 MG Oral Tablet", "2024-10-01T00:00:00Z"),
+            ],
+            _order("myo", "start", "198211", "Simvastatin 80 MG Oral Tablet", "2024-12-01T00:00:00Z"),
+        ),
+    }
+    lines = ["\nstarts stacking risk factors (the rules give about 0.9):"]
+    for reaction, timeline in cases.items():
+        order = next(m for m in timeline.medications.values() if m.id.endswith("-start"))
+        x = features.episode_inputs(timeline, order)
+        with torch.no_grad():
+            risk = model(torch.from_numpy(x["SEQUENCE"]), torch.from_numpy(x["STATIC"]))[0][0]
+        value = float(risk[REACTIONS.index(reaction)])
+        explained = features.explain(x, [float(r) for r in risk])
+        reasons = next(line for line in explained if line.startswith(reaction))
+        lines.append(f"- {reaction} {value:.2f} (threshold {THRESHOLDS[reaction]:.2f}): {reasons}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPOSITORY_MODEL_DIR, help="model folder to write")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="Synthea population cache")
     args = parser.parse_args()
     print(table(train(args.out, cache_dir=args.cache)))
+    print(stacked_risk_cases(args.out))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ assessed: an assessment is for a start happening now.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import defaultdict
@@ -36,7 +35,7 @@ from services.common.worker import Accepted, FaustWorker, Intake, Output, Step
 from services.research.adr import drugs, features
 from services.research.adr.contract import ADR_RISK, HORIZON_DAYS, THRESHOLDS
 from services.research.adr.drugs import REACTIONS
-from services.research.timeline import ACTIVE_MEDICATION, Entry, Timeline, pack, unpack
+from services.research.timeline import ACTIVE_MEDICATION, Entry, Timeline, event_resource, pack, unpack
 
 SERVICE = "adverse-drug-reactions"
 KIND = "adverse-drug-reaction"
@@ -172,13 +171,9 @@ def fold_batch(
     by_patient: dict[str, list[tuple[Accepted[fhir_pb2.FhirResourceEvent], dict[str, Any]]]] = defaultdict(list)
     invalid = []
     for a in events:
-        try:
-            resource = json.loads(a.message.resource_json)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            invalid.append((a, f"resource_json is not JSON: {exc}"))
-            continue
-        if not isinstance(resource, dict) or resource.get("resourceType") != a.message.resource_type:
-            invalid.append((a, "resource_json does not hold a resource of the event's resource_type"))
+        resource, problem = event_resource(a.message.resource_json, a.message.resource_type)
+        if resource is None:
+            invalid.append((a, problem))
         elif a.message.patient_reference:
             by_patient[a.message.patient_reference].append((a, resource))
     timelines: dict[str, Timeline] = {}

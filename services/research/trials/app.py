@@ -38,7 +38,7 @@ from services.common.kafka import JsonDocument
 from services.common.topic_reader import read_messages
 from services.common.topics import FHIR_EVENTS, FHIR_WRITEBACK, GRAPH_MUTATIONS, TRIAL_MATCHES, TRIAL_PROTOCOLS
 from services.common.worker import Accepted, FaustWorker, Intake, Output, Step
-from services.research.timeline import Timeline, pack, unpack
+from services.research.timeline import Timeline, event_resource, pack, unpack
 from services.research.trials.criteria import ParsedTrial, parse_trial
 from services.research.trials.matching import Match, match
 
@@ -240,16 +240,6 @@ def rematch(
     return out
 
 
-def fhir_resource(msg: fhir_pb2.FhirResourceEvent) -> tuple[dict[str, Any] | None, str]:
-    try:
-        resource = json.loads(msg.resource_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"resource_json is not JSON: {exc}"
-    if not isinstance(resource, dict) or resource.get("resourceType") != msg.resource_type:
-        return None, "resource_json does not hold a resource of the event's resource_type"
-    return resource, ""
-
-
 def handle_patient_events(
     events: list[Accepted[fhir_pb2.FhirResourceEvent]],
     table: Mapping[str, str],
@@ -259,7 +249,7 @@ def handle_patient_events(
     step, invalid = Step(), []
     by_patient: dict[str, list[tuple[fhir_pb2.FhirResourceEvent, dict[str, Any]]]] = defaultdict(list)
     for a in events:
-        resource, problem = fhir_resource(a.message)
+        resource, problem = event_resource(a.message.resource_json, a.message.resource_type)
         if resource is None:
             invalid.append((a, problem))
         elif a.message.patient_reference:
