@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 from medstream.events.v1 import research_pb2
 
 from benchmarks.wearables import row, stack_up, start, stop
-from services.cli.population import generate, replay
+from services.cli.population import generate, renumber_patients, replay
 from services.cli.trials import load_protocols, publish
 from services.common.config import Settings
 from services.common.deadletter import SourceRecord
@@ -296,7 +296,7 @@ def main() -> None:
     settings = stack_up()
     print("| measurement | result | notes |\n|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = generate(args.patients, args.seed, Path(tmp))
+        paths = renumber_patients(generate(args.patients, args.seed, Path(tmp)))
         bench_rematch(paths, args.rematch)
         publish(settings, load_protocols())
         procs = [start("fhir-gateway", GATEWAY, settings)]

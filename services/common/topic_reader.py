@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TypeVar, cast
 
@@ -10,6 +11,7 @@ from google.protobuf.message import Message
 
 from services.common.config import Settings
 
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 
@@ -25,9 +27,15 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict
 
 
 def read_records(
-    settings: Settings, topic: str, since: dict[int, int] | None = None, timeout_s: float = 10.0
+    settings: Settings, topic: str, since: dict[int, int] | None = None, timeout_s: float = 30.0
 ) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
-    """(key, value, headers) of every record after `since` (default: from the beginning) up to the current end."""
+    """(key, value, headers) of every committed record after `since` (default: from the beginning) up to the end
+    the topic had when called.
+
+    Done when the consumer's position reaches that end on each partition, not when the last record is seen:
+    transaction markers occupy offsets too, and records of a transaction whose commit has returned become
+    readable (read_committed) only once the coordinator has written its markers, which lags the commit. The
+    timeout only matters when that never happens (a transaction left open); it is logged then."""
     until = end_offsets(settings, topic, timeout_s)
     start = since or {}
     consumer = Consumer(
@@ -41,22 +49,32 @@ def read_records(
         consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in todo])
         deadline = time.monotonic() + timeout_s
         while todo and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            partition, offset = cast(int, msg.partition()), cast(int, msg.offset())
-            headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
-            out.append(
-                (cast(bytes | None, msg.key()), cast(bytes, msg.value() or b""), {k: v or b"" for k, v in headers})
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                partition, offset = cast(int, msg.partition()), cast(int, msg.offset())
+                if offset < until[partition]:
+                    headers = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+                    out.append(
+                        (
+                            cast(bytes | None, msg.key()),
+                            cast(bytes, msg.value() or b""),
+                            {k: v or b"" for k, v in headers},
+                        )
+                    )
+            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
+                if tp.offset >= todo[tp.partition]:
+                    del todo[tp.partition]
+        if todo:
+            log.warning(
+                "topic not read to its end before the timeout (an open transaction holds it back?)",
+                extra={"topic": topic, "partitions": sorted(todo), "timeout_s": timeout_s},
             )
-            if offset >= todo.get(partition, 0) - 1:
-                todo.pop(partition, None)
         return out
     finally:
         consumer.close()
 
 
 def read_messages(
-    settings: Settings, topic: str, message_type: type[M], since: dict[int, int] | None = None, timeout_s: float = 10.0
+    settings: Settings, topic: str, message_type: type[M], since: dict[int, int] | None = None, timeout_s: float = 30.0
 ) -> list[M]:
     return [message_type.FromString(value) for _, value, _ in read_records(settings, topic, since, timeout_s)]

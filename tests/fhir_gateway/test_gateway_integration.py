@@ -10,7 +10,7 @@ import httpx
 import pytest
 from medstream.events.v1 import fhir_pb2
 
-from services.cli.population import generate, replay
+from services.cli.population import generate, renumber_patients, replay
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import FHIR_EVENTS
 from tests.conftest import ServiceProcess, unique, wait_for
@@ -67,7 +67,7 @@ def test_a_synthea_population_replays_whole_and_a_resent_bundle_is_not_published
     """Synthea patients' records (every R4 resource type they hold, thousands of entries per bundle) are accepted
     whole, one record per resource; sending them again (a client retry) is answered the same and publishes nothing,
     also after the gateway restarted (it reads the receipts committed with the resources)."""
-    paths = generate(2, seed=7, out_dir=tmp_path)
+    paths = renumber_patients(generate(2, seed=7, out_dir=tmp_path))
     entries = sum(len(json.loads(p.read_bytes())["entry"]) for p in paths)
     url = f"http://127.0.0.1:{PORT}"
 

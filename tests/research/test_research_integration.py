@@ -15,7 +15,7 @@ import httpx
 import pytest
 from medstream.events.v1 import alert_pb2, fhir_pb2, finding_pb2
 
-from services.cli.population import generate, replay
+from services.cli.population import generate, renumber_patients, replay
 from services.cli.trials import candidates, load_protocols, publish
 from services.common.topic_reader import end_offsets, read_records
 from services.common.topics import ALERTS, FHIR_EVENTS, FHIR_WRITEBACK, FINDINGS, TRIAL_MATCHES
@@ -58,13 +58,7 @@ def latest_matches(settings, since, patients: set[str]) -> dict[tuple[str, str],
 
 
 def test_synthea_patients_are_matched_on_the_stream(local_stack, services, protocols, tmp_path):
-    paths = generate(3, seed=23, out_dir=tmp_path)
-    for path in paths:  # new patient ids each run: the gateway would rightly answer a re-sent record from receipts
-        text = path.read_text()
-        [patient] = [
-            e["resource"]["id"] for e in json.loads(text)["entry"] if e["resource"]["resourceType"] == "Patient"
-        ]
-        path.write_text(text.replace(patient, str(uuid.uuid4())))
+    paths = renumber_patients(generate(3, seed=23, out_dir=tmp_path))
     bundles = [json.loads(p.read_bytes()) for p in paths]
     timelines = {t.patient_id: t for t in map(from_bundle, bundles)}
     before = {t: end_offsets(local_stack, t) for t in (TRIAL_MATCHES.name, FHIR_WRITEBACK.name, FHIR_EVENTS.name)}
@@ -194,8 +188,6 @@ def test_an_amended_protocol_rematches_patients_already_held(local_stack, servic
 def test_partition_of_agrees_with_the_gateway_producers_partitioner(local_stack):
     """A re-match after an amendment filters a partition's patients with partition_of: it must place keys where
     the producers (librdkafka's murmur2_random) do."""
-    import uuid
-
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
