@@ -79,8 +79,7 @@ eval-research: setup  ## trial matching vs keyword search on a Synthea populatio
 	$(PY) -m training.research.trials_eval --patients 150 --seed 2025  # seed 42 was the development population
 	$(PY) -m training.research.adr
 
-eval-drug: setup  ## drug discovery so far: the RF floor and the activity GNN, scaffold vs random split (issue 12)
-	$(PY) -m training.drug.activity
+eval-drug: setup  ## drug discovery so far: the activity GNN beside the RF floor, scaffold and random split (issue 12)
 	$(PY) -m training.drug.gnn
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces

@@ -181,13 +181,3 @@ def featurise_many(mols: Sequence[Chem.Mol]) -> dict[str, np.ndarray]:
         "ATOMS": np.stack([a for a, _ in pairs]) if pairs else np.zeros((0, MAX_ATOMS, ATOM_FEATURES), np.float32),
         "BONDS": np.stack([b for _, b in pairs]) if pairs else np.zeros((0, MAX_ATOMS, MAX_ATOMS), np.uint8),
     }
-
-
-def morgan_bits(mol: Chem.Mol, bits: int = 2048, radius: int = 2) -> np.ndarray:
-    """Morgan (ECFP4-like) bit vector: the baseline's features and the similarity the generator's metrics use."""
-    fp = rdMolDescriptors.GetMorganFingerprintAsBitVect(mol, radius, nBits=bits)
-    out = np.zeros((bits,), np.uint8)
-    from rdkit import DataStructs
-
-    DataStructs.ConvertToNumpyArray(fp, out)
-    return out
