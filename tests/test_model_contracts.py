@@ -14,13 +14,24 @@ from services.cds.contract import CDS_MULTIMODAL, CLASSES
 from services.cds.labs import PANEL
 from services.common.model_contract import ContractViolation, ModelContract
 from services.deterioration.contract import DETERIORATION_RISK, vitals_rows
+from services.drug.generation.contract import MOLECULE_GENERATOR
+from services.drug.screening.contract import DRUG_ACTIVITY, DRUG_ADMET
 from services.imaging.routes import ROUTES
 from services.research.adr.contract import ADR_RISK
 from services.wearables.contract import GLYCAEMIA_RISK, WINDOW, cgm_rows
 
 pytestmark = pytest.mark.unit
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-CONTRACTS = [DETERIORATION_RISK, GLYCAEMIA_RISK, CDS_MULTIMODAL, ADR_RISK, *(r.contract for r in ROUTES.values())]
+CONTRACTS = [
+    DETERIORATION_RISK,
+    GLYCAEMIA_RISK,
+    CDS_MULTIMODAL,
+    ADR_RISK,
+    DRUG_ACTIVITY,
+    DRUG_ADMET,
+    MOLECULE_GENERATOR,
+    *(r.contract for r in ROUTES.values()),
+]
 
 
 def test_every_served_model_has_exactly_one_contract():
@@ -137,3 +148,21 @@ def test_adr_features_and_network_meet_the_contract():
     with torch.no_grad():
         risk, attention = model(*(torch.from_numpy(inputs[n]) for n in ADR_RISK.input_names))
     ADR_RISK.check_outputs({"RISK": risk.numpy(), "ATTENTION": attention.numpy()})
+
+
+def test_drug_featuriser_and_networks_meet_the_contracts():
+    from services.drug.chem import featurise_many, parse, standardise
+    from training.drug.admet import AdmetModel
+    from training.drug.gnn import ActivityGNN, Ensemble
+
+    smiles = ["CC(=O)Nc1ccc(O)cc1", "Cc1ccc(S(=O)(=O)Nc2ccccc2)cc1", "C#N", "[Na+].OC(=O)c1ccccc1[O-]"]
+    inputs = featurise_many([standardise(parse(s)).mol for s in smiles])  # what the worker sends
+    DRUG_ACTIVITY.check_inputs(inputs)
+    DRUG_ADMET.check_inputs(inputs)
+    torch.manual_seed(0)
+    ensemble = Ensemble([ActivityGNN() for _ in range(DRUG_ACTIVITY.output("ACTIVITY").dims[0])], 6.0, 1.0).eval()
+    admet = AdmetModel(ActivityGNN(outputs=DRUG_ADMET.output("ADMET").dims[0])).eval()  # what training exports
+    atoms, bonds = (torch.from_numpy(inputs[n]) for n in DRUG_ACTIVITY.input_names)
+    with torch.no_grad():
+        DRUG_ACTIVITY.check_outputs({"ACTIVITY": ensemble(atoms, bonds).numpy()})
+        DRUG_ADMET.check_outputs({"ADMET": admet(atoms, bonds).numpy()})

@@ -347,6 +347,7 @@ def model_trainers() -> dict[str, Callable[[Path], object]]:
     """Every model in the repository and the function that trains it from the repo's own data."""
     from training import deterioration_risk as deterioration
     from training.cds import training as cds
+    from training.drug import admet, generator, gnn
     from training.glycaemia import training as glycaemia
     from training.imaging import lung, stroke
     from training.research import adr
@@ -358,6 +359,9 @@ def model_trainers() -> dict[str, Callable[[Path], object]]:
         lung.MODEL_NAME: lung.train_for_repository,
         stroke.MODEL_NAME: stroke.train_for_repository,
         adr.MODEL_NAME: adr.train,
+        gnn.MODEL_NAME: gnn.train,  # before the generator: its guidance learns this model's scores
+        admet.MODEL_NAME: admet.train,
+        generator.MODEL_NAME: generator.train,
     }
 
 
