@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch bench-research eval-research eval-drug eval-wearables eval-cds eval-imaging kg-load clean
+.PHONY: setup demo test test-unit test-integration lint proto-lint chart-test stack-up stack-down stack-status models bench-spine bench-wearables bench-cds bench-imaging bench-dispatch bench-research bench-drug eval-research eval-drug eval-wearables eval-cds eval-imaging kg-load clean
 
 setup:  ## install what is missing (idempotent)
 	@scripts/bootstrap.sh
@@ -75,12 +75,18 @@ bench-dispatch: setup  ## imaging dispatcher: report -> SEG/SR in a PACS p50/p99
 bench-research: setup models  ## Synthea replay (gateway vs plain aiohttp), event -> trial matches, drug start -> ADR p50/p99, re-match 10k
 	$(PY) -m benchmarks.research
 
+bench-drug: setup models  ## screening mol/s per worker vs RDKit+RF floor, Triton with/without batching, generation mol/s, loader RSS over 1.58 M
+	$(PY) -m benchmarks.drug
+
 eval-research: setup  ## trial matching vs keyword search on a Synthea population; ADR model vs rules per reaction
 	$(PY) -m training.research.trials_eval --patients 150 --seed 2025  # seed 42 was the development population
 	$(PY) -m training.research.adr
 
-eval-drug: setup  ## drug discovery so far: the activity GNN beside the RF floor, scaffold and random split (issue 12)
+eval-drug: setup  ## activity GNN vs RF vs chemprop (scaffold and random split), the ADMET surrogate, generation (MOSES metrics)
 	$(PY) -m training.drug.gnn
+	$(PY) -m training.drug.chemprop_compare
+	$(PY) -m training.drug.admet
+	$(PY) -m training.drug.generator
 
 eval-wearables: setup  ## train/evaluate the CGM model: simglucose held-out patients and iglu real traces
 	$(PY) -m training.glycaemia.training

@@ -56,6 +56,10 @@ SERVING_WORKERS = [
     "services.fhir_gateway.app",
     "services.wearables_gateway.app",
     "services.graph_writer.app",
+    "services.research.trials.app",
+    "services.research.adr.app",
+    "services.drug.screening.app",
+    "services.drug.generation.app",
     # decision support runs torch for its note embeddings, loaded when the worker warms up, not at import
     "services.cds.app",
     "services.cds.hooks",

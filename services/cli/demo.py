@@ -33,6 +33,8 @@ SERVICE_PORTS = {
     "imaging-gateway": 8085,
     "imaging": 8086,
     "imaging-dispatcher": 8087,
+    "molecule-generation": 8088,
+    "virtual-screening": 8089,
 }
 DEMO_PACS_PORT = 11113  # dcmtk's storescp standing in for the hospital PACS; the gateway's DIMSE port is 11112
 FHIR_AUTH = {"Authorization": "Bearer dev-ehr-token", "Content-Type": "application/fhir+json"}

@@ -6,6 +6,8 @@ import importlib
 import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +44,8 @@ SERVICES = {
     "imaging-dispatcher": "services.imaging_dispatcher.app",
     "trial-matching": "services.research.trials.app",
     "adverse-drug-reactions": "services.research.adr.app",
+    "virtual-screening": "services.drug.screening.app",
+    "molecule-generation": "services.drug.generation.app",
 }
 
 
@@ -210,6 +214,82 @@ def kg_load(
     asyncio.run(go())
 
 
+drug_app = typer.Typer(help="Drug discovery: screening libraries, hits, generated molecules.", no_args_is_help=True)
+app.add_typer(drug_app, name="drug")
+
+
+@drug_app.command("load")
+def drug_load(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="moses-train, moses-test, moses-scaffolds, nci-5k, drugbank-approved, or a .smi/.csv/.sdf file"
+        ),
+    ],
+    limit: Annotated[int | None, typer.Option(help="at most this many molecules")] = None,
+) -> None:
+    """Stream a compound library onto the screening topic, one record per molecule."""
+    from services.cli import library
+
+    loaded = library.publish(get_settings(), library.library_records(source, limit))
+    console.print(f"{loaded.molecules} molecules from {source} in {loaded.seconds:.1f} s")
+
+
+@drug_app.command("hits")
+def drug_hits(
+    top: Annotated[int, typer.Option(help="how many to show")] = 20,
+    library: Annotated[str | None, typer.Option(help="only this library")] = None,
+) -> None:
+    """The screening hits so far, best lower confidence bound first."""
+    from services.cli import library as lib
+
+    hits = lib.ranked_hits(get_settings(), library=library)
+    console.print(f"{len(hits)} hits")
+    for i, h in enumerate(hits[:top], 1):
+        console.print(f"{i:>3}. {lib.describe(h)}", markup=False, highlight=False)
+
+
+@drug_app.command("generate")
+def drug_generate(
+    count: Annotated[int, typer.Option(help="molecules to sample")] = 100,
+    guidance: Annotated[float, typer.Option(help="steering toward the screening target's activity; 0: unguided")] = 0.0,
+    seed: Annotated[int, typer.Option(help="molecule i is sampled with seed + i")] = 0,
+) -> None:
+    """Ask the molecule-generation service for new molecules; they are screened like any library."""
+    from services.common.kafka import EventProducer
+    from services.common.topics import DRUG_GENERATION_REQUESTS
+    from services.drug.generation.app import request
+
+    message = request(count, guidance, seed, f"gen-{uuid.uuid4().hex[:12]}")
+    producer = EventProducer(get_settings(), "medstream-cli")
+    producer.send_sync(DRUG_GENERATION_REQUESTS.name, message.request_id.encode(), message)
+    producer.close()
+    console.print(f"request {message.request_id}: {count} molecules, guidance {guidance}")
+
+
+@drug_app.command("dock")
+def drug_dock(
+    top: Annotated[int, typer.Option(help="dock this many of the best-ranked hits")] = 3,
+    exhaustiveness: Annotated[
+        int, typer.Option(help="Vina's search effort (8 is its default; minutes a molecule)")
+    ] = 4,
+    complex_id: Annotated[str, typer.Option("--complex", help="bundled posebusters complex")] = "1s3v",
+) -> None:
+    """Dock the best hits with AutoDock Vina into a bundled complex's pocket (the `docking` extra). The bundled
+    complexes are not the activity model's target: the score shows the stage works, it ranks nothing real."""
+    from services.cli import library as lib
+    from services.drug import docking
+
+    for h in lib.ranked_hits(get_settings())[:top]:
+        started = time.perf_counter()
+        result = docking.dock(h.smiles, complex_id, exhaustiveness=exhaustiveness)
+        console.print(
+            f"{result.score:.2f} kcal/mol in {complex_id} ({time.perf_counter() - started:.0f} s): {lib.describe(h)}",
+            markup=False,
+            highlight=False,
+        )
+
+
 simulate_app = typer.Typer(help="Simulated data sources.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 
@@ -292,8 +372,9 @@ def replay(
 @app.command("demo")
 def demo(timeout_s: float = 180.0) -> None:
     """Stack up, start the services, replay the sample vitals, post the five carebundle cases and send a synthetic
-    chest CT; show what came out (findings, alerts, dead letters; explained decision-support suggestions; nodule
-    findings, report and the SEG/SR a demo PACS received)."""
+    chest CT, then generate molecules and screen them; show what came out (findings, alerts, dead letters; explained
+    decision-support suggestions; nodule findings, report and the SEG/SR a demo PACS received; the best generated
+    candidates, their hits in the graph and a depiction PNG)."""
     from services.cli import demo as demo_mod
 
     stack_up(None)
@@ -304,7 +385,11 @@ def demo(timeout_s: float = 180.0) -> None:
     console.print_json(json.dumps(cds))
     imaging = demo_mod.run_imaging_demo(get_settings(), console, timeout_s)
     console.print_json(json.dumps(imaging))
-    summary["ok"] = summary["ok"] and cds["ok"] and imaging["ok"]
+    from services.cli.drug_demo import run_drug_demo
+
+    drug = run_drug_demo(get_settings(), console, timeout_s)
+    console.print_json(json.dumps(drug))
+    summary["ok"] = summary["ok"] and cds["ok"] and imaging["ok"] and drug["ok"]
     console.print(
         "services stopped; the stack keeps running. Stop it with: [bold]medstream stack down[/bold]"
         " (or make stack-down)"

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # Decision support: weight of the model against the HPO phenotype match, cards per patient
     cds_alpha: float = 0.7
     cds_top: int = 3
+    # Virtual screening: a scored molecule is a hit when its predicted activity minus one ensemble spread reaches
+    # this (pIC50-like units of the activity model's training series; 7 is 100 nM)
+    screening_hit_threshold: float = 7.0
+
     # CDS Hooks service: callers (EHRs) and their token hashes, same YAML shape as fhir_clients
     cds_hooks_clients: Path | None = None
 

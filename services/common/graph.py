@@ -33,6 +33,9 @@ NODE_KEYS: dict[str, str] = {
     "Model": "key",
     "Device": "id",
     "Trial": "id",
+    "Compound": "inchikey",
+    "Target": "id",
+    "Assay": "id",
 }
 # Relationship types of which two nodes may hold several, told apart by this property (MERGEd on it).
 RELATIONSHIP_KEYS: dict[str, str] = {"AT_RISK_OF": "reaction"}

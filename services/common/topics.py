@@ -84,6 +84,38 @@ TRIAL_MATCHES = TopicSpec(
     description="Patient-trial eligibility, published when a patient's verdicts for a trial change.",
     retention_ms=30 * DAY_MS,
 )
+DRUG_LIBRARY = TopicSpec(
+    "medstream.drug.library.v1",
+    key="molecule_id",
+    value_type="medstream.events.v1.LibraryMolecule",
+    description="Screening-library molecules, one record each (`medstream drug load`, the molecule generator, "
+    "a chemist's tools): the virtual-screening funnel's input.",
+    retention_ms=7 * DAY_MS,
+)
+DRUG_HITS = TopicSpec(
+    "medstream.drug.hits.v1",
+    key="inchikey",
+    value_type="medstream.events.v1.ScreeningHit",
+    description="Molecules the screening funnel kept, with predicted activity, its uncertainty, alerts and ADMET "
+    "flags; compacted on the InChIKey.",
+    retention_ms=90 * DAY_MS,
+    compacted=True,
+)
+DRUG_SCREENING_OUTCOMES = TopicSpec(
+    "medstream.drug.screening.outcomes.v1",
+    key="molecule_id",
+    value_type="medstream.events.v1.ScreeningOutcome",
+    description="The screening funnel's decision for every library record (stage, reason, score when scored): a "
+    "library is accounted for when its outcomes number its records.",
+    retention_ms=7 * DAY_MS,
+)
+DRUG_GENERATION_REQUESTS = TopicSpec(
+    "medstream.drug.generation.requests.v1",
+    key="request_id",
+    value_type="medstream.events.v1.GenerationRequest",
+    description="Requests for new molecules (N, optionally guided toward a target); answered on the library topic.",
+    retention_ms=7 * DAY_MS,
+)
 VITALS_SNAPSHOTS = TopicSpec(
     "medstream.vitals.snapshots.v1",
     key="patient_id",
@@ -142,6 +174,10 @@ CATALOG: tuple[TopicSpec, ...] = (
     FHIR_RECEIPTS,
     TRIAL_PROTOCOLS,
     TRIAL_MATCHES,
+    DRUG_LIBRARY,
+    DRUG_HITS,
+    DRUG_SCREENING_OUTCOMES,
+    DRUG_GENERATION_REQUESTS,
     VITALS_SNAPSHOTS,
     FINDINGS,
     ALERTS,

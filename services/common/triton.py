@@ -186,12 +186,16 @@ class TritonClient:
         return InferResult({name: response.as_numpy(name) for name in outputs}, response.get_response().model_version)
 
 
-def triton_client(settings: Settings, service: str) -> TritonClient:
+def triton_client(
+    settings: Settings, service: str, timeout_s: float | None = None, max_concurrency: int | None = None
+) -> TritonClient:
+    """The settings' client; a service whose model is slow per call (a sampler) passes its own deadline and how many
+    calls it keeps in flight, so queued calls do not time out behind each other."""
     return TritonClient(
         settings.triton_grpc_url,
         service,
-        timeout_s=settings.triton_timeout_s,
-        max_concurrency=settings.triton_max_concurrency,
+        timeout_s=timeout_s or settings.triton_timeout_s,
+        max_concurrency=max_concurrency or settings.triton_max_concurrency,
         retries=settings.triton_retries,
     )
 

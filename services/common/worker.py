@@ -122,7 +122,14 @@ class FaustWorker:
     """A faust service: app, output topics, dead letters, tables, Triton; agents added with `batches`."""
 
     def __init__(
-        self, service: str, settings: Settings, outputs: Iterable[TopicSpec], *, read_committed: bool = False
+        self,
+        service: str,
+        settings: Settings,
+        outputs: Iterable[TopicSpec],
+        *,
+        read_committed: bool = False,
+        triton_timeout_s: float | None = None,
+        triton_concurrency: int | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -130,12 +137,13 @@ class FaustWorker:
         self.outputs = FaustOutputs(self.app, service, (*outputs, DEAD_LETTERS))
         self.shell = Shell(service, self.outputs.send_all)
         self._triton: TritonClient | None = None
+        self._triton_options = (triton_timeout_s, triton_concurrency)
         self.before_run: list[Callable[[], None]] = []  # slow start-up work (loading models) before consuming
 
     @property
     def triton(self) -> TritonClient:
         if self._triton is None:  # the gRPC channel belongs to the worker's event loop: made on first use
-            self._triton = triton_client(self.settings, self.service)
+            self._triton = triton_client(self.settings, self.service, *self._triton_options)
         return self._triton
 
     def table(self, name: str) -> MutableMapping[str, str]:

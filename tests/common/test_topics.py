@@ -6,9 +6,11 @@ from medstream.events.v1 import (  # noqa: F401  (registers every message type i
     alert_pb2,
     deadletter_pb2,
     dicom_pb2,
+    drug_pb2,
     fhir_pb2,
     finding_pb2,
     graph_pb2,
+    research_pb2,
     vitals_pb2,
     wearable_pb2,
 )

@@ -1,0 +1,234 @@
+"""`make bench-drug`: the drug-discovery services on this machine's CPU.
+
+- The floor: RDKit parsing, Morgan fingerprints and a random forest (trained on the ChEMBL series) over the same
+  MOSES molecules, in process: what a chemist would write in an afternoon (no standardisation, filters, ensemble,
+  ADMET, Kafka or graph);
+- the funnel's own stages in process on the same molecules (standardise, filters, featurise);
+- end to end per worker: molecules published to the library topic -> an outcome for each from one
+  virtual-screening worker (drug_activity and drug_admet on Triton), molecules/s, with the worker's RSS sampled;
+- drug_activity on Triton: one molecule per request from one client (nothing to batch), one molecule per request
+  from 16 clients (Triton's dynamic batcher merges them), 256 molecules per request (what the worker sends);
+- molecule_generator on Triton: molecules/s and validity at that speed, unguided and guided;
+- the library loader streaming all of MOSES train (1.58 M) to a scratch topic: molecules/s and its peak RSS.
+Starts its own workers against the running local stack (started if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka.admin import AdminClient, NewTopic
+from medstream.events.v1 import drug_pb2
+
+from benchmarks.wearables import row, stack_up, start, stop
+from services.cli import library
+from services.common.config import Settings
+from services.common.deadletter import SourceRecord
+from services.common.topic_reader import end_offsets, read_messages
+from services.common.topics import DRUG_SCREENING_OUTCOMES
+from services.common.triton import TritonClient
+from services.common.worker import Accepted
+from services.drug import chem
+from services.drug.generation.app import inputs as generation_inputs
+from services.drug.generation.app import request
+from services.drug.generation.contract import MOLECULE_GENERATOR
+from services.drug.generation.decode import decode
+from services.drug.screening import funnel
+from services.drug.screening.contract import DRUG_ACTIVITY
+from training.drug.activity import load_series, morgan, random_forest
+
+SCREENING = 18291
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS) or its peak (VmHWM), MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sample(n: int, offset: int = 0) -> list[drug_pb2.LibraryMolecule]:
+    rows = library.library_records("moses-test", offset + n)
+    return list(rows)[offset:]
+
+
+def bench_floor(molecules: list[drug_pb2.LibraryMolecule]) -> None:
+    series = load_series()
+    forest = random_forest(morgan([c.smiles for c in series]), np.array([c.activity for c in series]), trees=300)
+    smiles = [m.smiles for m in molecules]
+    started = time.perf_counter()
+    fingerprints = morgan(smiles)
+    forest.predict(fingerprints)  # type: ignore[attr-defined]
+    seconds = time.perf_counter() - started
+    row(
+        "floor: RDKit parse + Morgan r=2 + random forest (300 trees), in process", f"{len(smiles) / seconds:,.0f} mol/s"
+    )
+
+
+def bench_stages(molecules: list[drug_pb2.LibraryMolecule]) -> None:
+    batch = [Accepted(SourceRecord("bench", 0, i, None, b""), m) for i, m in enumerate(molecules)]
+    triage = funnel.triage(batch, seen={})
+    n = len(molecules)
+    for stage, seconds in triage.seconds.items():
+        row(f"funnel stage in process: {stage}", f"{n / seconds:,.0f} mol/s", "parse + standardise + InChIKey")
+    started = time.perf_counter()
+    chem.featurise_many([c.parent.mol for c in triage.candidates])
+    row("funnel stage in process: featurise", f"{len(triage.candidates) / (time.perf_counter() - started):,.0f} mol/s")
+    row(
+        "funnel in process: refused by the filters",
+        f"{sum(triage.refused.values())} of {n}",
+        ", ".join(f"{k} {v}" for k, v in triage.refused.items()),
+    )
+
+
+def bench_worker(settings: Settings, molecules: list[drug_pb2.LibraryMolecule]) -> None:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    for m in molecules:
+        m.library, m.molecule_id = name, f"{name}:{m.molecule_id}"
+    since = end_offsets(settings, DRUG_SCREENING_OUTCOMES.name)
+    proc = start("virtual-screening", SCREENING, settings)
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            samples.append((time.monotonic(), rss_mb(proc.pid)))
+            time.sleep(0.5)
+
+    try:
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        library.publish(settings, molecules)
+        count: dict[str, int] = {}
+        while time.monotonic() - started < 1800:
+            outcomes = read_messages(settings, DRUG_SCREENING_OUTCOMES.name, drug_pb2.ScreeningOutcome, since, 60)
+            count = {}
+            for o in outcomes:
+                if o.library == name:
+                    count[o.stage] = count.get(o.stage, 0) + 1
+            if sum(count.values()) >= len(molecules):
+                break
+            time.sleep(2.0)
+        seconds = time.monotonic() - started
+        done.set()
+        peak = rss_mb(proc.pid, "VmHWM")
+    finally:
+        stop(proc)
+    n = len(molecules)
+    row(
+        "end to end, 1 virtual-screening worker: published -> an outcome per molecule",
+        f"{n / seconds:,.0f} mol/s",
+        f"{n} MOSES test molecules in {seconds:.0f} s; outcomes {count}",
+    )
+    rss = [r for _, r in samples]
+    if rss:
+        quarter = [rss[int(q * (len(rss) - 1))] for q in (0.25, 0.5, 0.75, 1.0)]
+        row(
+            "worker RSS at 25/50/75/100 % of the run, peak",
+            " / ".join(f"{r:.0f}" for r in quarter) + f" MB, peak {peak:.0f} MB",
+            "the de-duplication table grows with distinct structures; the rest is per batch",
+        )
+
+
+async def bench_triton(settings: Settings) -> None:
+    triton = TritonClient(settings.triton_grpc_url, "bench-drug", max_concurrency=32)
+    mols = [chem.standardise(chem.parse(m.smiles)).mol for m in sample(256, 10_000)]
+    batch = chem.featurise_many(mols)
+    one = {k: v[:1] for k, v in batch.items()}
+    await triton.infer_contract(DRUG_ACTIVITY, one)
+    n = 256
+    started = time.perf_counter()
+    for i in range(n):
+        await triton.infer_contract(DRUG_ACTIVITY, {k: v[i : i + 1] for k, v in batch.items()})
+    single = n / (time.perf_counter() - started)
+
+    async def client(rows: range) -> None:
+        for i in rows:
+            await triton.infer_contract(DRUG_ACTIVITY, {k: v[i : i + 1] for k, v in batch.items()})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(range(k, n, 16)) for k in range(16)))
+    concurrent = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(4):
+        await triton.infer_contract(DRUG_ACTIVITY, batch)
+    batched = 4 * n / (time.perf_counter() - started)
+    row("Triton drug_activity, 1 client, 1 molecule/request (nothing to batch)", f"{single:,.0f} mol/s", "5 members")
+    row("Triton drug_activity, 16 clients, 1 molecule/request (dynamic batching)", f"{concurrent:,.0f} mol/s", "")
+    row("Triton drug_activity, 256 molecules/request", f"{batched:,.0f} mol/s", "what the worker sends")
+
+    for guidance in (0.0, 20.0):
+        rows = generation_inputs(request(128, guidance, seed=7, request_id="bench"))
+        await triton.infer_contract(MOLECULE_GENERATOR, {k: v[:2] for k, v in rows.items()})
+        started = time.perf_counter()
+        graphs, _ = await triton.infer_contract(MOLECULE_GENERATOR, rows)
+        seconds = time.perf_counter() - started
+        valid = sum(
+            decode(a, b)[0] is not None for a, b in zip(graphs["ATOM_TYPES"], graphs["BOND_TYPES"], strict=True)
+        )
+        row(
+            f"Triton molecule_generator, guidance {guidance:g}, 128 molecules in requests of 64",
+            f"{128 / seconds:,.1f} mol/s",
+            f"validity {valid / 128:.0%} (one connected molecule that sanitises)",
+        )
+    await triton.close()
+
+
+def _load(topic: str, out: Any) -> None:
+    loaded = library.publish(Settings(), library.library_records("moses-train"), topic=topic)
+    out.put((loaded.molecules, loaded.seconds, rss_mb(os.getpid(), "VmHWM")))
+
+
+def bench_loader(settings: Settings) -> None:
+    """The loader over all of MOSES train in a fresh process, to a scratch topic deleted afterwards: its throughput
+    and that process's peak RSS."""
+    topic = f"medstream.bench.library.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(settings.kafka_client_config())
+    admin.create_topics([NewTopic(topic, num_partitions=settings.kafka_topic_partitions, replication_factor=1)])[
+        topic
+    ].result(30)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    try:
+        child = context.Process(target=_load, args=(topic, results))
+        child.start()
+        molecules, seconds, peak = results.get(timeout=1800)
+        child.join(60)
+    finally:
+        admin.delete_topics([topic])[topic].result(30)
+    row(
+        "loader: all of MOSES train -> a scratch topic, one process",
+        f"{molecules / seconds:,.0f} mol/s",
+        f"{molecules:,} molecules in {seconds:.0f} s; peak RSS {peak:.0f} MB",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--molecules", type=int, default=5000, help="MOSES test molecules for the funnel")
+    parser.add_argument("--skip-loader", action="store_true", help="skip streaming all of MOSES train")
+    args = parser.parse_args()
+    settings = stack_up()
+    print("| measurement | result | note |\n|---|---|---|", flush=True)
+    molecules = sample(args.molecules)
+    bench_floor(molecules)
+    bench_stages(molecules)
+    asyncio.run(bench_triton(settings))
+    bench_worker(settings, molecules)
+    if not args.skip_loader:
+        bench_loader(settings)
+
+
+if __name__ == "__main__":
+    main()
