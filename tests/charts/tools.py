@@ -16,6 +16,8 @@ import yaml
 from services.common.topics import (
     DICOM_INSTANCES,
     DICOM_SERIES,
+    DRUG_GENERATION_REQUESTS,
+    DRUG_LIBRARY,
     FHIR_EVENTS,
     FHIR_WRITEBACK,
     GRAPH_MUTATIONS,
@@ -43,6 +45,8 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "imaging-dispatcher": (FHIR_WRITEBACK.name,),
     "trial-matching": (FHIR_EVENTS.name, TRIAL_PROTOCOLS.name),
     "adverse-drug-reactions": (FHIR_EVENTS.name,),
+    "virtual-screening": (DRUG_LIBRARY.name,),
+    "molecule-generation": (DRUG_GENERATION_REQUESTS.name,),
 }
 # Which dependency each service calls besides Kafka (its /readyz checks it).
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -58,6 +62,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "imaging-dispatcher": (),
     "trial-matching": (),
     "adverse-drug-reactions": ("triton",),
+    "virtual-screening": ("triton",),
+    "molecule-generation": ("triton",),
 }
 # Outside traffic; the gRPC port, if any.
 GATEWAYS: dict[str, int | None] = {
