@@ -74,18 +74,18 @@ def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-async def graph_findings(settings: Settings, patients: list[str]) -> int:
-    graph = Graph.connect(settings)
-    try:
-        records, _, _ = await graph.driver.execute_query(
-            "MATCH (p:Patient)-[:HAS_FINDING]->(f:Finding {kind: 'deterioration-risk'}) WHERE p.id IN $patients "
-            "RETURN count(DISTINCT f) AS n",
-            patients=patients,
-            database_=graph.database,
-        )
-        return int(records[0]["n"])
-    finally:
-        await graph.close()
+def graph_count(settings: Settings, query: str, **params: Any) -> int:
+    """The `n` a counting Cypher query returns from the local Neo4j."""
+
+    async def go() -> int:
+        graph = Graph.connect(settings)
+        try:
+            records, _, _ = await graph.driver.execute_query(query, params, database_=graph.database)
+            return int(records[0]["n"])
+        finally:
+            await graph.close()
+
+    return asyncio.run(go())
 
 
 def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str, Any]:
@@ -113,7 +113,12 @@ def run_demo(settings: Settings, console: Console, timeout_s: float) -> dict[str
             findings = read_messages(settings, FINDINGS.name, finding_pb2.Finding, before[FINDINGS.name])
             letters = read_messages(settings, DEAD_LETTERS.name, deadletter_pb2.DeadLetter, before[DEAD_LETTERS.name])
             dead = len(letters)
-            in_graph = asyncio.run(graph_findings(settings, patients))
+            in_graph = graph_count(
+                settings,
+                "MATCH (p:Patient)-[:HAS_FINDING]->(f:Finding {kind: 'deterioration-risk'}) WHERE p.id IN $patients "
+                "RETURN count(DISTINCT f) AS n",
+                patients=patients,
+            )
             if len(findings) >= len(valid) and dead >= expected_dead and in_graph >= len(valid):
                 break
             for name, proc in procs.items():
