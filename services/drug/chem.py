@@ -124,6 +124,8 @@ def screen(mol: Chem.Mol) -> Screen:
     )
     if out.heavy_atoms > MAX_ATOMS:
         out.refused.append(f"{out.heavy_atoms} heavy atoms, over the model's {MAX_ATOMS}")
+    elif mol.GetNumAtoms() > MAX_ATOMS:  # hydrogens kept as atoms (isotopes: Cleanup keeps [2H]) fill slots too
+        out.refused.append(f"{mol.GetNumAtoms()} atoms with its explicit hydrogens, over the model's {MAX_ATOMS}")
     if out.weight > MAX_WEIGHT:
         out.refused.append(f"molecular weight {out.weight:.0f} over {MAX_WEIGHT:.0f}")
     if out.logp > MAX_LOGP:

@@ -36,6 +36,7 @@ def test_triage_sorts_a_batch_into_invalid_duplicate_refused_and_candidates():
         accepted("f", "O=C(C=Cc1ccc(O)cc1)c1ccccc1"),  # a chalcone-like Michael acceptor (Brenk alert)
         accepted("g", "Oc1ccc(N=Nc2ccccc2)cc1"),  # azo phenol: PAINS azo_A
         accepted("h", "C" * 60),  # over the model's 48 heavy atoms
+        accepted("i", "[2H]C([2H])([2H])" + "C" * 46),  # 47 heavy atoms, but deuterium takes model slots too
     ]
     t = funnel.triage(batch, seen={})
     assert {a.message.molecule_id for a, _ in t.invalid} == {"c", "d", "e"}
@@ -43,13 +44,18 @@ def test_triage_sorts_a_batch_into_invalid_duplicate_refused_and_candidates():
     assert "valence" in reasons["c"].lower() and "syntax error" in reasons["d"].lower()
     assert "exactly one of smiles and molblock" in reasons["e"]
     assert t.duplicates == 1
-    assert t.refused == {"PAINS": 1, "property": 1}
+    assert t.refused == {"PAINS": 1, "property": 2}
     assert [c.accepted.message.molecule_id for c in t.candidates] == ["a", "f"]
     assert any(alert.startswith("Brenk") for alert in t.candidates[1].screen.alerts)
     stages = {o.molecule_id: o.stage for o in t.outcomes}
-    assert stages == dict.fromkeys("cde", "invalid") | {"b": "duplicate", "g": "refused", "h": "refused"}
+    assert stages == dict.fromkeys("cde", "invalid") | {
+        "b": "duplicate",
+        "g": "refused",
+        "h": "refused",
+        "i": "refused",
+    }
     assert next(o for o in t.outcomes if o.molecule_id == "b").reason == "the structure of a"
-    assert len(t.seen) == 4 and t.seen[funnel.seen_key("test", t.candidates[0].parent.inchikey)] == "a"
+    assert len(t.seen) == 5 and t.seen[funnel.seen_key("test", t.candidates[0].parent.inchikey)] == "a"
 
 
 def test_a_structure_seen_in_an_earlier_batch_of_its_library_is_a_duplicate():
