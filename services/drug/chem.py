@@ -95,7 +95,10 @@ def standardise(mol: Chem.Mol) -> Standardised:
     """Clean up, keep the largest organic fragment (drop salts and solvents), neutralise; canonical SMILES and
     InChIKey of the result. Tautomers are left as drawn (as the ChEMBL structure pipeline does)."""
     chooser, uncharger = _standardisers()
-    parent = uncharger.uncharge(chooser.choose(rdMolStandardize.Cleanup(mol)))
+    try:
+        parent = uncharger.uncharge(chooser.choose(rdMolStandardize.Cleanup(mol)))
+    except Exception as exc:  # RDKit's own exception types: a refusal with its reason, never a failed batch
+        raise InvalidMolecule(f"standardisation failed: {exc}") from exc
     key = Chem.MolToInchiKey(parent)
     if not key:
         raise InvalidMolecule("no InChIKey could be computed")
