@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 from services.common.deadletter import SourceRecord
 from services.common.topics import DEAD_LETTERS, FINDINGS
 from services.common.triton import TritonUnavailable
-from services.common.worker import Accepted, Intake, Shell, Step
+from services.common.worker import Accepted, Intake, Shell, Step, batched
 
 pytestmark = pytest.mark.unit
 
@@ -143,3 +143,72 @@ async def test_a_step_with_state_but_no_table_is_a_bug():
     shell = Shell("test", Journal().send_all)
     with pytest.raises(ValueError, match="needs a table"):
         await shell.publish(Step([], {"k": "v"}))
+
+
+async def trickle(items: list[int], pause_every: int = 0, pause_s: float = 0.0, fail: Exception | None = None):  # type: ignore[no-untyped-def]
+    for i, item in enumerate(items):
+        if pause_every and i and i % pause_every == 0:
+            await asyncio.sleep(pause_s)
+        yield item
+    if fail is not None:
+        raise fail
+
+
+async def test_batches_hand_on_every_item_once_in_order_however_they_arrive():
+    """The regression behind the screening kill test: across full batches, partial ones and a slow handler, no item
+    is skipped or handed on twice."""
+    handled: list[list[int]] = []
+
+    async def handle(batch: list[int]) -> None:
+        handled.append(batch)
+        await asyncio.sleep(0.01 if len(handled) % 3 else 0.05)
+
+    items = list(range(1000))
+    await asyncio.wait_for(batched(trickle(items, pause_every=37, pause_s=0.03), 64, 0.01, handle), 30)
+    assert [i for b in handled for i in b] == items
+    assert max(len(b) for b in handled) == 64
+    assert any(len(b) < 64 for b in handled[:-1])  # pauses longer than within_s flush partial batches
+
+
+async def test_a_partial_batch_is_handed_on_within_the_wait_while_the_source_idles():
+    handled: list[list[int]] = []
+    idle = asyncio.Event()
+
+    async def source():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+        await idle.wait()  # never set: the source stays open with nothing to read
+
+    async def handle(batch: list[int]) -> None:
+        handled.append(batch)
+
+    task = asyncio.create_task(batched(source(), 256, 0.05, handle))
+    await asyncio.sleep(0.5)
+    assert handled == [[1, 2]]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_failing_batch_stops_the_loop_before_later_items_are_handed_on():
+    handled: list[list[int]] = []
+
+    async def handle(batch: list[int]) -> None:
+        if 5 in batch:
+            raise RuntimeError("boom")
+        handled.append(batch)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await asyncio.wait_for(batched(trickle(list(range(20)), pause_every=4, pause_s=0.05), 4, 0.01, handle), 10)
+    assert [i for b in handled for i in b] == [0, 1, 2, 3]
+
+
+async def test_the_source_failing_surfaces_after_what_it_gave_is_handed_on():
+    handled: list[int] = []
+
+    async def handle(batch: list[int]) -> None:
+        handled.extend(batch)
+
+    with pytest.raises(ValueError, match="broken"):
+        await asyncio.wait_for(batched(trickle([1, 2, 3], fail=ValueError("broken")), 8, 0.01, handle), 10)
+    assert handled == [1, 2, 3]

@@ -8,6 +8,7 @@ and a request it cannot serve is dead-lettered with why."""
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from medstream.events.v1 import deadletter_pb2, drug_pb2
 
 from services.cli import library
@@ -127,13 +129,54 @@ def outcomes_of(settings: Settings, since: dict[int, int], name: str) -> dict[st
 
 
 def accounted(settings: Settings, since: dict[int, int], molecules: list[drug_pb2.LibraryMolecule], timeout_s: float):
-    """Wait until every record has its outcome; the outcomes by molecule_id."""
+    """Wait until every record has its outcome; the outcomes by molecule_id. On a timeout the failure says where the
+    records without one sit on the library topic, next to the worker group's committed offsets."""
     ids = {m.molecule_id for m in molecules}
-    return wait_for(
-        lambda: (o := outcomes_of(settings, since, molecules[0].library)) and ids <= set(o) and o,
-        timeout_s,
-        what=f"an outcome for each of {len(ids)} records",
+    try:
+        return wait_for(
+            lambda: (o := outcomes_of(settings, since, molecules[0].library)) and ids <= set(o) and o,
+            timeout_s,
+            what=f"an outcome for each of {len(ids)} records",
+        )
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{unaccounted(settings, ids - set(outcomes_of(settings, since, molecules[0].library)))}"
+        ) from exc
+
+
+def unaccounted(settings: Settings, missing: set[str]) -> str:
+    where: dict[int, list[int]] = {}
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": "medstream-inspect", "enable.auto.commit": False}
     )
+    try:
+        partitions = consumer.list_topics(DRUG_LIBRARY.name, timeout=10).topics[DRUG_LIBRARY.name].partitions
+        tps = [TopicPartition(DRUG_LIBRARY.name, p, OFFSET_BEGINNING) for p in partitions]
+        marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in tps}
+        ends = {p: high for p, (_, high) in marks.items()}
+        pending = {p for p, (low, high) in marks.items() if high > low}
+        consumer.assign(tps)
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if (msg.key() or b"").decode() in missing:
+                where.setdefault(msg.partition(), []).append(msg.offset())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+    finally:
+        consumer.close()
+    group = Consumer({**settings.kafka_client_config(), "group.id": "medstream-virtual-screening"})
+    try:
+        committed = {tp.partition: tp.offset for tp in group.committed(tps, timeout=10)}
+    finally:
+        group.close()
+    rows = [
+        f"partition {p}: offsets {min(o)}..{max(o)} ({len(o)}), committed {committed.get(p)}, end {ends[p]}"
+        for p, o in sorted(where.items())
+    ]
+    return f"{len(missing)} records without an outcome: " + "; ".join(rows)
 
 
 def edges_per_compound(settings: Settings, keys: set[str]) -> dict[str, int]:
@@ -222,11 +265,6 @@ def test_a_library_streams_through_the_funnel_into_hits_and_the_graph(local_stac
     assert graph_query(local_stack, "MATCH (:Assay)-[m:MEASURES]->(:Target) RETURN count(m) AS n")[0]["n"] >= 1
 
 
-@pytest.mark.xfail(
-    reason="passed twice on this machine's persisted stack, but in a clean-clone run the restarted worker did not "
-    "account for all 600 records within 240 s; not yet diagnosed (issue 12 stays open)",
-    strict=False,
-)
 def test_a_killed_worker_loses_no_hit_and_duplicates_no_edge(local_stack, services):
     name = unique("screen-kill")
     molecules = series_library(name, 600, offset=120)
