@@ -6,8 +6,9 @@
 - the funnel's own stages in process on the same molecules (standardise, filters, featurise);
 - end to end per worker: molecules published to the library topic -> an outcome for each from one
   virtual-screening worker (drug_activity and drug_admet on Triton), molecules/s, with the worker's RSS sampled;
-- drug_activity on Triton: one molecule per request from one client (nothing to batch), one molecule per request
-  from 16 clients (Triton's dynamic batcher merges them), 256 molecules per request (what the worker sends);
+- drug_activity on Triton with and without dynamic batching: the served model, and a copy of it dropped into the
+  repository for the run (Triton polls it) whose config has no dynamic_batching block; 16 clients sending one
+  molecule per request to each, then 256 molecules per request (what the worker sends);
 - molecule_generator on Triton: molecules/s and validity at that speed, unguided and guided;
 - the library loader streaming all of MOSES train (1.58 M) to a scratch topic: molecules/s and its peak RSS.
 Starts its own workers against the running local stack (started if needed).
@@ -17,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
 import os
+import re
+import shutil
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from benchmarks.wearables import row, stack_up, start, stop
 from services.cli import library
 from services.common.config import Settings
 from services.common.deadletter import SourceRecord
+from services.common.model_contract import ModelContract
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import DRUG_SCREENING_OUTCOMES
 from services.common.triton import TritonClient
@@ -47,6 +54,8 @@ from services.drug.screening.contract import DRUG_ACTIVITY
 from training.drug.activity import load_series, morgan, random_forest
 
 SCREENING = 18291
+REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+UNBATCHED = f"{DRUG_ACTIVITY.name}_unbatched"  # ignored by git (.gitignore), removed after the run
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -145,32 +154,70 @@ def bench_worker(settings: Settings, molecules: list[drug_pb2.LibraryMolecule]) 
         )
 
 
-async def bench_triton(settings: Settings) -> None:
-    triton = TritonClient(settings.triton_grpc_url, "bench-drug", max_concurrency=32)
-    mols = [chem.standardise(chem.parse(m.smiles)).mol for m in sample(256, 10_000)]
-    batch = chem.featurise_many(mols)
-    one = {k: v[:1] for k, v in batch.items()}
-    await triton.infer_contract(DRUG_ACTIVITY, one)
-    n = 256
-    started = time.perf_counter()
-    for i in range(n):
-        await triton.infer_contract(DRUG_ACTIVITY, {k: v[i : i + 1] for k, v in batch.items()})
-    single = n / (time.perf_counter() - started)
+@asynccontextmanager
+async def unbatched_copy(triton: TritonClient) -> AsyncIterator[ModelContract]:
+    """drug_activity served a second time under another name, its config without dynamic batching (same weights,
+    same model.py, same single CPU instance); Triton's repository poll loads it and unloads it once removed."""
+    source, folder = REPOSITORY / DRUG_ACTIVITY.name, REPOSITORY / UNBATCHED
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(source / "1", folder / "1", ignore=shutil.ignore_patterns("__pycache__"))
+    config = (source / "config.pbtxt").read_text().replace(f'name: "{DRUG_ACTIVITY.name}"', f'name: "{UNBATCHED}"')
+    config, removed = re.subn(r"dynamic_batching \{[^}]*\}\n", "", config)
+    assert removed == 1, "drug_activity's config.pbtxt has no dynamic_batching block to remove"
+    (folder / "config.pbtxt").write_text(config)  # last: the poll sees a complete folder
+    try:
+        deadline = time.monotonic() + 120
+        while not await triton.ready(UNBATCHED):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Triton did not load {UNBATCHED} from {folder} within 120 s")
+            await asyncio.sleep(1.0)
+        yield dataclasses.replace(DRUG_ACTIVITY, name=UNBATCHED)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def throughput(triton: TritonClient, contract: ModelContract, batch: dict[str, np.ndarray]) -> tuple[float, ...]:
+    """mol/s: one client, one molecule per request; 16 clients, one each; 256 molecules per request."""
+    n = len(batch["ATOMS"])
+    await triton.infer_contract(contract, {k: v[:1] for k, v in batch.items()})
 
     async def client(rows: range) -> None:
         for i in rows:
-            await triton.infer_contract(DRUG_ACTIVITY, {k: v[i : i + 1] for k, v in batch.items()})
+            await triton.infer_contract(contract, {k: v[i : i + 1] for k, v in batch.items()})
 
+    started = time.perf_counter()
+    await client(range(n))
+    single = n / (time.perf_counter() - started)
     started = time.perf_counter()
     await asyncio.gather(*(client(range(k, n, 16)) for k in range(16)))
     concurrent = n / (time.perf_counter() - started)
     started = time.perf_counter()
     for _ in range(4):
-        await triton.infer_contract(DRUG_ACTIVITY, batch)
-    batched = 4 * n / (time.perf_counter() - started)
-    row("Triton drug_activity, 1 client, 1 molecule/request (nothing to batch)", f"{single:,.0f} mol/s", "5 members")
-    row("Triton drug_activity, 16 clients, 1 molecule/request (dynamic batching)", f"{concurrent:,.0f} mol/s", "")
-    row("Triton drug_activity, 256 molecules/request", f"{batched:,.0f} mol/s", "what the worker sends")
+        await triton.infer_contract(contract, batch)
+    return single, concurrent, 4 * n / (time.perf_counter() - started)
+
+
+async def bench_triton(settings: Settings) -> None:
+    triton = TritonClient(settings.triton_grpc_url, "bench-drug", max_concurrency=32)
+    mols = [chem.standardise(chem.parse(m.smiles)).mol for m in sample(256, 10_000)]
+    batch = chem.featurise_many(mols)
+    batched = await throughput(triton, DRUG_ACTIVITY, batch)
+    async with unbatched_copy(triton) as contract:
+        unbatched = await throughput(triton, contract, batch)
+    for label, (with_, without) in zip(
+        (
+            "1 client, 1 molecule/request (nothing to batch)",
+            "16 clients, 1 molecule/request",
+            "256 molecules/request (what the worker sends)",
+        ),
+        zip(batched, unbatched, strict=True),
+        strict=True,
+    ):
+        row(
+            f"Triton drug_activity, {label}",
+            f"{with_:,.0f} mol/s with dynamic batching",
+            f"{without:,.0f} mol/s without (same model, config without dynamic_batching)",
+        )
 
     for guidance in (0.0, 100.0):
         rows = generation_inputs(request(128, guidance, seed=7, request_id="bench"))
