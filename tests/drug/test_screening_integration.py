@@ -8,7 +8,6 @@ and a request it cannot serve is dead-lettered with why."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from medstream.events.v1 import deadletter_pb2, drug_pb2
 
 from services.cli import library
 from services.common.config import Settings
 from services.common.deadletter import SourceRecord
 from services.common.kafka import EventProducer
-from services.common.topic_reader import end_offsets, read_messages
+from services.common.topic_reader import committed_offsets, end_offsets, read_messages, record_positions
 from services.common.topics import (
     DEAD_LETTERS,
     DRUG_GENERATION_REQUESTS,
@@ -35,6 +33,7 @@ from services.common.worker import Accepted
 from services.drug import chem
 from services.drug.generation.app import library_of, request
 from services.drug.screening import funnel
+from services.drug.screening.app import SERVICE as SCREENING_SERVICE
 from services.drug.screening.contract import ADMET_ENDPOINTS, ADMET_MODEL_NAME, MODEL_NAME
 from tests.conftest import ServiceProcess, graph_query, running, unique, wait_for
 from training.drug.activity import load_series
@@ -146,32 +145,11 @@ def accounted(settings: Settings, since: dict[int, int], molecules: list[drug_pb
 
 def unaccounted(settings: Settings, missing: set[str]) -> str:
     where: dict[int, list[int]] = {}
-    consumer = Consumer(
-        {**settings.kafka_client_config(), "group.id": "medstream-inspect", "enable.auto.commit": False}
-    )
-    try:
-        partitions = consumer.list_topics(DRUG_LIBRARY.name, timeout=10).topics[DRUG_LIBRARY.name].partitions
-        tps = [TopicPartition(DRUG_LIBRARY.name, p, OFFSET_BEGINNING) for p in partitions]
-        marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in tps}
-        ends = {p: high for p, (_, high) in marks.items()}
-        pending = {p for p, (low, high) in marks.items() if high > low}
-        consumer.assign(tps)
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if (msg.key() or b"").decode() in missing:
-                where.setdefault(msg.partition(), []).append(msg.offset())
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                pending.discard(msg.partition())
-    finally:
-        consumer.close()
-    group = Consumer({**settings.kafka_client_config(), "group.id": "medstream-virtual-screening"})
-    try:
-        committed = {tp.partition: tp.offset for tp in group.committed(tps, timeout=10)}
-    finally:
-        group.close()
+    for partition, offset, key in record_positions(settings, DRUG_LIBRARY.name):
+        if (key or b"").decode() in missing:
+            where.setdefault(partition, []).append(offset)
+    committed = committed_offsets(settings, f"medstream-{SCREENING_SERVICE}", DRUG_LIBRARY.name)
+    ends = end_offsets(settings, DRUG_LIBRARY.name)
     rows = [
         f"partition {p}: offsets {min(o)}..{max(o)} ({len(o)}), committed {committed.get(p)}, end {ends[p]}"
         for p, o in sorted(where.items())
