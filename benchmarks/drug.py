@@ -47,7 +47,7 @@ from services.common.worker import Accepted
 from services.drug import chem
 from services.drug.generation.app import inputs as generation_inputs
 from services.drug.generation.app import request
-from services.drug.generation.contract import MOLECULE_GENERATOR
+from services.drug.generation.contract import GUIDANCE, MOLECULE_GENERATOR
 from services.drug.generation.decode import decode
 from services.drug.screening import funnel
 from services.drug.screening.contract import DRUG_ACTIVITY
@@ -219,7 +219,7 @@ async def bench_triton(settings: Settings) -> None:
             f"{without:,.0f} mol/s without (same model, config without dynamic_batching)",
         )
 
-    for guidance in (0.0, 100.0):
+    for guidance in (0.0, GUIDANCE):
         rows = generation_inputs(request(128, guidance, seed=7, request_id="bench"))
         await triton.infer_contract(MOLECULE_GENERATOR, {k: v[:2] for k, v in rows.items()})
         started = time.perf_counter()

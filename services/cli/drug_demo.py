@@ -23,10 +23,10 @@ from services.common.kafka import EventProducer
 from services.common.topic_reader import end_offsets, read_messages
 from services.common.topics import DRUG_GENERATION_REQUESTS, DRUG_HITS, DRUG_LIBRARY, DRUG_SCREENING_OUTCOMES
 from services.drug.generation.app import library_of, request
+from services.drug.generation.contract import GUIDANCE
 
 SERVICES = ("molecule-generation", "virtual-screening", "graph-writer")
 COUNT = 256
-GUIDANCE = 200.0  # the strongest scale `make eval-drug` sweeps: it moves the predicted activity most, costs validity
 
 
 def depict(outcomes: Sequence[drug_pb2.ScreeningOutcome], path: Path) -> Path:

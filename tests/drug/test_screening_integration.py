@@ -32,6 +32,7 @@ from services.common.topics import (
 from services.common.worker import Accepted
 from services.drug import chem
 from services.drug.generation.app import library_of, request
+from services.drug.generation.contract import GUIDANCE
 from services.drug.screening import funnel
 from services.drug.screening.app import SERVICE as SCREENING_SERVICE
 from services.drug.screening.contract import ADMET_ENDPOINTS, ADMET_MODEL_NAME, MODEL_NAME
@@ -264,7 +265,7 @@ def test_a_killed_worker_loses_no_hit_and_duplicates_no_edge(local_stack, servic
 
 
 def test_generated_molecules_flow_into_the_funnel(local_stack, services):
-    good = request(48, 100.0, seed=int(uuid.uuid4().int % 1_000_000), request_id=unique("gen"))
+    good = request(48, GUIDANCE, seed=int(uuid.uuid4().int % 1_000_000), request_id=unique("gen"))
     bad = drug_pb2.GenerationRequest(request_id=unique("gen-bad"), count=5, target="CHEMBL1", guidance=1.0)
     since = {
         t: end_offsets(local_stack, t) for t in (DRUG_LIBRARY.name, DRUG_SCREENING_OUTCOMES.name, DEAD_LETTERS.name)

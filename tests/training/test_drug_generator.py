@@ -11,7 +11,7 @@ from rdkit import Chem
 
 from services.drug.generation.contract import MAX_NODES, MOLECULE_GENERATOR
 from services.drug.generation.decode import decode
-from training.drug.generator import encode, fit, moses_smiles
+from training.drug.generator import encode, fit, moses_smiles, regressor_check
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +57,17 @@ def test_a_tiny_fit_scripts_and_samples_the_contract(molecules, tmp_path):
         guided = model.sample(seeds, torch.full((4, 1), 50.0))
     MOLECULE_GENERATOR.check_outputs({"ATOM_TYPES": guided[0].numpy(), "BOND_TYPES": guided[1].numpy()})
     assert not (torch.equal(guided[0], atom_types) and torch.equal(guided[1], bond_types))
+
+
+def test_the_regressor_starts_from_the_denoiser_trunk_and_the_check_reads_it(molecules):
+    torch.set_num_threads(1)
+    _, atoms, bonds = molecules
+    labels = np.linspace(5.0, 8.0, len(atoms))
+    generator, _ = fit(atoms, bonds, labels, np.arange(len(atoms)), steps=2, regressor_steps=0, batch=16)
+    trunk, start = generator.denoiser.trunk.state_dict(), generator.regressor.trunk.state_dict()
+    assert all(torch.equal(trunk[k], start[k]) for k in trunk)
+    check = regressor_check(generator, atoms, bonds, labels, ts=(1, 25))
+    assert list(check) == ["t=1", "t=25"]
+    for m in check.values():
+        assert -1.0 <= m["spearman"] <= 1.0 and 0.0 <= m["top5_enrichment"] <= 20.0
+    assert regressor_check(generator, atoms, bonds, labels, ts=(1,)) == {"t=1": check["t=1"]}  # seeded noise

@@ -16,6 +16,9 @@ BOND_ORDERS = 3  # BOND_TYPES codes 1..3 = single, double, triple; 0 = no bond
 # Heavy atoms per molecule. MOSES goes up to 27; the model is trained on its molecules of at most 20 heavy atoms so
 # that training and sampling fit a CPU budget (the dense graph costs MAX_NODES squared).
 MAX_NODES = 20
+# The guidance scale the evaluation, the benchmark and the demo use: the scale is relative to the guidance
+# regressor's gradients, so it belongs to the model; its card shows what this and other scales do.
+GUIDANCE = 10.0
 MOLECULE_GENERATOR = ModelContract(
     MODEL_NAME,
     inputs=(
