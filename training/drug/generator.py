@@ -456,8 +456,8 @@ def fit(
 ) -> tuple[Generator, dict[str, float]]:
     """Denoiser: AdamW on cross-entropy of the clean graph (edges weighted EDGE_WEIGHT) at uniform t; regressor
     (fit_regressor), starting from the trained denoiser's trunk: MSE on the standardised activity of `activity_rows`
-    (indices into atoms) at uniform t. `budget_s` and
-    `regressor_budget_s` (seconds) stop the loops early on a slow machine; the figures say how many steps ran."""
+    (indices into atoms) at uniform t. `budget_s` and `regressor_budget_s` (seconds) stop the loops early on a slow
+    machine; the figures say how many steps ran."""
     torch.manual_seed(seed)
     x_all, e_all = torch.from_numpy(atoms), torch.from_numpy(bonds)
     mask_all = (x_all >= 0).float()
@@ -638,20 +638,14 @@ def composition_baseline(
     return {"spearman": m["spearman"], "top5_enrichment": m["top5_enrichment"]}
 
 
-def held_out(smiles: Sequence[str], ensemble: torch.jit.ScriptModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(atoms, bonds, ensemble-mean activity) of the last HELD_OUT of `smiles` (the training subset in file order)
-    that encode and featurise: the regressor check's molecules."""
-    graphs, kept = [], []
-    for s in smiles[-HELD_OUT:]:
-        graph = encode(s)
-        if graph is not None:
-            graphs.append(graph)
-            kept.append(s)
-    labels = predicted_activity(ensemble, kept).mean(axis=1)
+def held_out(
+    smiles: Sequence[str], atoms: np.ndarray, bonds: np.ndarray, ensemble: torch.jit.ScriptModule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(atoms, bonds, ensemble-mean activity) of the last HELD_OUT molecules of `training_data` that the ensemble
+    scores: the regressor check's molecules."""
+    labels = predicted_activity(ensemble, smiles[-HELD_OUT:]).mean(axis=1)
     ok = np.isfinite(labels)
-    atoms = np.stack([a for a, _ in graphs])[ok]
-    bonds = np.stack([b for _, b in graphs])[ok]
-    return atoms, bonds, labels[ok]
+    return atoms[-HELD_OUT:][ok], bonds[-HELD_OUT:][ok], labels[ok]
 
 
 def sample_graphs(
@@ -776,7 +770,7 @@ def train(
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         **fit_figures,
-        "regressor_held_out": regressor_check(scripted, *held_out(smiles, ensemble)),
+        "regressor_held_out": regressor_check(scripted, *held_out(smiles, x, e, ensemble)),
     }
     if evaluate_samples:
         for name, scale in (("unguided", 0.0), (f"guided_{guidance:g}", guidance)):
@@ -924,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = train(target, evaluate_samples=0) if args.train or not path.exists() else None
     model = torch.jit.load(str(path)).eval()
     ensemble = activity_model(args.repository)
-    subset = moses_smiles("train", limit=TRAIN_MOLECULES, max_atoms=MAX_NODES)
+    subset, x, e, labels, label_rows = training_data(ensemble)  # read, encoded and labelled once
     training = subset + moses_smiles("train", limit=20000)  # novelty: our subset plus the first 20k of MOSES train
     reference = moses_smiles("test", limit=args.reference)
     rows: dict[str, dict[str, float]] = {}
@@ -943,9 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         calibration, calibration, training, reference, ensemble
     )
     sweep = guidance_sweep(model, ensemble, (0.0, *SWEEP), args.sweep_samples) if args.sweep_samples else {}
-    check_atoms, check_bonds, check_labels = held_out(subset, ensemble)
+    check_atoms, check_bonds, check_labels = held_out(subset, x, e, ensemble)
     check = regressor_check(model, check_atoms, check_bonds, check_labels)
-    _, x, e, labels, label_rows = training_data(ensemble)
     baseline = composition_baseline(x, e, labels, label_rows, check_atoms, check_bonds, check_labels)
     retrained: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     if args.seeds:
